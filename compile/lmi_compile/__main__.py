@@ -1,0 +1,3 @@
+from lmi_compile.cli import main
+
+main()

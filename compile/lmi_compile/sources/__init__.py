@@ -1,0 +1,1 @@
+"""Model sources that are not plain storage locations (the bundled model)."""

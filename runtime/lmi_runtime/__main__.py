@@ -1,0 +1,3 @@
+from lmi_runtime.cli import main
+
+main()
