@@ -84,5 +84,10 @@ def _convert(gguf: Path, out: Path) -> None:
     folder, filename = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype="float32")
+    # The weights are already dequantized to float32; drop the GGUF marker so the folder
+    # saves (and later loads) as a plain checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.__dict__.pop("quantization_config", None)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
