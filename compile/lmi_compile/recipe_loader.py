@@ -101,14 +101,17 @@ def _drop_unknown(data: dict[str, Any], model: type[BaseModel], where: str, pref
     return kept
 
 
+_UNION_TAG = re.compile(r"^(int|str|float|bool|none|.*[^a-z0-9_].*)$")
+
+
 def _recipe_error(err: ValidationError, where: str) -> ConfigError:
-    problems = []
+    """One line per offending key; the alternatives of a union (`4` or `'max'`) on one line."""
+    problems: dict[str, list[str]] = {}
     for item in err.errors():
-        path = ".".join(str(part) for part in item["loc"])
+        path = ".".join(str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))) or "recipe"
         expected = item.get("ctx", {}).get("expected")
         message = f"allowed: {expected}" if expected else item["msg"].removeprefix("Value error, ")
         shown = f" = {item['input']!r}" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
-        problems.append(f"{path or 'recipe'}{shown}: {message}")
-    return ConfigError(f"invalid {where}: " + "; ".join(problems),
-                       hint="fix the value(s) above (see recipes/ for working examples)")
-
+        problems.setdefault(f"{path}{shown}", []).append(message)
+    text = "; ".join(f"{key}: {' or '.join(messages)}" for key, messages in problems.items())
+    return ConfigError(f"invalid {where}: {text}", hint="fix the value(s) above (see recipes/ for working examples)")

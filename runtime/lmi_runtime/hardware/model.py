@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 GiB = 1 << 30
 
@@ -20,11 +20,13 @@ class Hardware(BaseModel):
     instance_type: str | None = None  # set when planning for a named SageMaker instance
     source: str  # how we know: torch.cuda, nvidia-smi, neuron-ls, os, instance table
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def parallel_units(self) -> int:
         """Ranks tensor parallelism can use: GPUs, NeuronCores, or one process on a CPU."""
         return {"cuda": self.count, "neuron": self.cores, "cpu": 1}[self.kind]
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def memory_per_unit(self) -> int:
         """Memory one rank has: a GPU's, a NeuronCore's share of its device, or the RAM."""
@@ -32,6 +34,7 @@ class Hardware(BaseModel):
             return self.memory_bytes * self.count // self.cores
         return self.memory_bytes
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def arch(self) -> str:
         """What compiled artifacts are tied to: sm_86, neuroncore-v2, or cpu."""
