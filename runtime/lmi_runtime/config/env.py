@@ -32,7 +32,8 @@ def _not(name: str, value: str) -> str:
     text = value.strip().lower()
     if text in _TRUE | _FALSE:
         return "false" if text in _TRUE else "true"
-    raise ConfigError(f"{name}={value!r} (environment variable) is not valid: expected true or false")
+    raise ConfigError(f"{name}={value!r} (environment variable) is not valid: expected true or false",
+                      hint=f"set {name}=true or {name}=false, or unset it (CUDA graphs stay on)")
 
 
 # TGI / SageMaker names: (key, value transform).
