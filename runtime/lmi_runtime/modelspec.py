@@ -68,6 +68,7 @@ class ModelSpec(BaseModel):
     experts_per_token: int = 1
     max_position_embeddings: int | None = None
     tie_word_embeddings: bool = False
+    norm_params_per_layer: int = 0  # LayerNorm/RMSNorm parameters in one decoder layer
     torch_dtype: str | None = None  # the checkpoint's dtype, when config.json says
 
     @classmethod
@@ -100,12 +101,17 @@ class ModelSpec(BaseModel):
                         else 1 if config.get("multi_query", True) else heads)
             intermediate = _first(config, "ffn_hidden_size", default=4 * hidden)
             max_pos = _first(config, "max_position_embeddings", default=2048)  # Falcon's trained length
+            # LayerNorm (weight + bias): ln_attn + ln_mlp in the new architecture, one shared
+            # input_layernorm with parallel attention, else input + post-attention norms
+            norms = 2 * hidden * (1 if config.get("parallel_attn", True) and not new_arch else 2)
         else:
             kv_heads = _first(config, "num_key_value_heads", "num_kv_heads", "multi_query_group_num", default=heads)
             intermediate = _first(config, "intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff",
                                   default=4 * hidden)
             max_pos = _first(config, "max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                              "max_sequence_length")
+            # two norms per layer: RMSNorm (weight) in the Llama family, LayerNorm (weight + bias) elsewhere
+            norms = 2 * hidden if family == "llama" else 4 * hidden
         tied = config.get("tie_word_embeddings")
         if tied is None:  # transformers' per-model default
             tied = model_type not in UNTIED_BY_DEFAULT
@@ -117,7 +123,7 @@ class ModelSpec(BaseModel):
             vocab_size=vocab,
             num_experts=_first(config, "num_local_experts", "num_experts", "n_routed_experts", default=1),
             experts_per_token=_first(config, "num_experts_per_tok", "moe_topk", default=1),
-            max_position_embeddings=max_pos, tie_word_embeddings=bool(tied),
+            max_position_embeddings=max_pos, tie_word_embeddings=bool(tied), norm_params_per_layer=norms,
             torch_dtype=_first(config, "torch_dtype", "dtype"),
         )
 
@@ -138,15 +144,10 @@ class ModelSpec(BaseModel):
         return attention + [Linear("fc_in", h, self.intermediate_size), Linear("fc_out", self.intermediate_size, h)]
 
     def layer_other_params(self) -> int:
-        """Per-layer parameters outside the weight matrices: norms, router, biases we know of."""
-        h = self.hidden_size
-        if self.family == "falcon":
-            return 2 * (2 * h) if self.num_kv_heads not in (1, self.num_heads) else 2 * h  # LayerNorm w+b
-        if self.family == "llama":
-            router = h * self.num_experts if self.num_experts > 1 else 0
-            bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.model_type in QKV_BIAS else 0
-            return 2 * h + router + bias  # two RMSNorm weights
-        return 4 * h  # two LayerNorms, weight + bias
+        """Per-layer parameters outside the weight matrices: norms, MoE router, q/k/v biases (Qwen2)."""
+        router = self.hidden_size * self.num_experts if self.num_experts > 1 else 0
+        bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.model_type in QKV_BIAS else 0
+        return self.norm_params_per_layer + router + bias
 
     @property
     def embedding_params(self) -> int:

@@ -54,6 +54,9 @@ def test_parse_nvidia_smi_output():
     hardware = parse_nvidia_smi(output, host_cores=48)
     assert (hardware.kind, hardware.count, hardware.name) == ("cuda", 2, "NVIDIA A10G")
     assert (hardware.memory_bytes, hardware.compute_capability, hardware.arch) == (23028 << 20, "8.6", "sm_86")
+    # captured from this project's H100 device machine with the probe's exact query
+    h100 = parse_nvidia_smi("NVIDIA H100 80GB HBM3, 81559 MiB, 9.0\n", host_cores=16)
+    assert (h100.count, h100.memory_bytes, h100.arch) == (1, 81559 << 20, "sm_90")
 
 
 def test_parse_neuron_ls_json():

@@ -113,3 +113,20 @@ def test_folder_without_config_json(tmp_path: Path):
         ModelSpec.from_folder(tmp_path)
     with pytest.raises(ModelFolderError, match="lacks"):
         ModelSpec.from_config({"model_type": "bert-ish", "hidden_size": 8})
+
+
+@pytest.mark.parametrize(
+    ("model_type", "config", "tolerance"),
+    [
+        ("qwen2", dict(hidden_size=896, num_attention_heads=14, num_key_value_heads=2, num_hidden_layers=24,
+                       intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True), 0),  # q/k/v biases
+        ("gpt2", dict(n_embd=768, n_head=12, n_layer=12, vocab_size=50257, n_positions=1024), 0.01),  # generic
+    ],
+)
+def test_other_families_against_transformers(model_type, config, tolerance):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.CONFIG_MAPPING[model_type](**config))
+    actual = sum(p.numel() for p in model.parameters())
+    assert ModelSpec.from_config({**config, "model_type": model_type}).num_parameters == pytest.approx(actual, rel=tolerance)

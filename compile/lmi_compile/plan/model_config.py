@@ -26,7 +26,7 @@ def read_model_config(uri: str, revision: str | None = None, token: str | None =
     path = Path(uri).expanduser()
     if path.exists():
         return _read_folder(path, uri)
-    if HUB_ID.match(uri) and not uri.startswith((".", "/", "~")):
+    if HUB_ID.match(uri):
         return _read_hub(uri, revision, token)
     raise ModelFolderError(f"model source '{uri}' is neither an existing folder nor a hub id (org/name)",
                            hint="check the path, or give a Hugging Face id such as meta-llama/Llama-2-7b-hf")

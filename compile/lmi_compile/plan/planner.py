@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmi_compile.plan.backend import choose_backend
-from lmi_compile.plan.memory import FORMULA, KvCachePlan, kv_cache_plan
+from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
 from lmi_compile.plan.model_config import read_model_config
 from lmi_compile.plan.parallel import choose_tp, heads_text, valid_tp_degrees
 from lmi_compile.recipe import LimitsSpec, Recipe
@@ -110,7 +110,8 @@ def choose_lengths(backend: str, spec: ModelSpec, limits: LimitsSpec) -> tuple[i
     pos_note = "" if spec.max_position_embeddings else f" (config.json gives no context length; assuming {FALLBACK_POSITIONS})"
     given_in, given_out, given_total = limits.max_input_len, limits.max_output_len, limits.max_total_len
     if backend == "trtllm":
-        inp, out = given_in or TRTLLM_INPUT, given_out or TRTLLM_OUTPUT
+        out = given_out or min(TRTLLM_OUTPUT, positions // 2)
+        inp = given_in or min(TRTLLM_INPUT, positions - out)
         total = given_total or min(inp + out, positions)
         why = "LMI's TensorRT-LLM defaults (max_input_len 1024, max_output_len 512) unless set; engines are built for them"
     else:
@@ -240,4 +241,4 @@ def _too_large(spec: ModelSpec, hardware: Hardware, kv: KvCachePlan, tp: int, to
                        f"its {heads_text(spec)} allow there: {numbers}", hint=hint)
 
 
-__all__ = ["FORMULA", "Decision", "Plan", "choose_dtype", "choose_lengths", "make_plan", "plan_recipe"]
+__all__ = ["Decision", "Plan", "choose_dtype", "choose_lengths", "make_plan", "plan_recipe"]

@@ -27,7 +27,7 @@ LMI_VARIABLES: dict[str, str] = {
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
-def _not(name: str, value: str) -> str:
+def _negate_bool(name: str, value: str) -> str:
     """ENABLE_CUDA_GRAPHS=true means enforce_eager=false."""
     text = value.strip().lower()
     if text in _TRUE | _FALSE:
@@ -42,7 +42,7 @@ ALIAS_VARIABLES: dict[str, tuple[str, Callable[[str, str], str] | None]] = {
     "HF_MODEL_QUANTIZE": ("option.quantize", None),
     "MAX_BATCH_PREFILL_TOKENS": ("option.max_rolling_batch_prefill_tokens", None),
     "CUDA_MEMORY_FRACTION": ("option.gpu_memory_utilization", None),
-    "ENABLE_CUDA_GRAPHS": ("option.enforce_eager", _not),
+    "ENABLE_CUDA_GRAPHS": ("option.enforce_eager", _negate_bool),
 }
 ORIGIN = "environment variable"
 

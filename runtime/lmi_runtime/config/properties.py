@@ -45,7 +45,7 @@ def _logical_lines(text: str):
     """(first line number, joined line) for each non-comment line, continuations joined."""
     pending, start = "", 0
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip() if not pending else raw.lstrip()
+        line = raw.strip()
         if not pending and (not line or line[0] in "#!"):
             continue
         if not pending:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 RollingBatch = Literal["auto", "torch", "trtllm", "neuron", "disable"]
@@ -135,7 +135,7 @@ class ServingConfig(BaseModel):
 
     @field_validator("rolling_batch", "dtype", "quantize", mode="before")
     @classmethod
-    def _aliases(cls, value: Any, info) -> Any:
+    def _aliases(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, str):
             return value
         aliases = {"rolling_batch": ROLLING_BATCH_ALIASES, "dtype": DTYPE_ALIASES, "quantize": QUANTIZE_ALIASES}
