@@ -11,6 +11,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _group() -> None:
+    # Keeps `lmi-compile COMMAND` a command group even while only one command is registered.
+    pass
+
+
 # Each command lives in lmi_compile.commands.<name> and registers itself on `app`.
 from lmi_compile.commands import register_all  # noqa: E402
 

@@ -7,12 +7,13 @@ Each stage takes only its own section, so a stage can run alone from the CLI or 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8"]
 Backend = Literal["auto", "torch", "trtllm", "neuron"]
+INT8_METHODS = ("smoothquant", "static_int8")
 
 
 class Section(BaseModel):
@@ -57,11 +58,21 @@ class QuantizeSpec(Section):
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _int8_methods_use_8_bits(cls, data: Any) -> Any:
+        """static_int8 and smoothquant are 8-bit: default `bits` to 8 for them, reject other widths."""
+        if isinstance(data, dict) and data.get("method") in INT8_METHODS:
+            if data.get("bits", 8) != 8:
+                raise ValueError(f"method {data['method']} is 8-bit; remove 'bits' or set it to 8")
+            data = {**data, "bits": 8}
+        return data
+
 
 class TargetSpec(Section):
     backend: Backend = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
-    tp_degree: int | Literal["max"] = "max"
+    tp_degree: Annotated[int, Field(ge=1)] | Literal["max"] = "max"
     pp_degree: int = Field(1, ge=1)
     instance_type: str | None = None  # plan for this SageMaker instance instead of this machine
 
@@ -72,6 +83,17 @@ class LimitsSpec(Section):
     max_input_len: int | None = Field(None, ge=1)
     max_output_len: int | None = Field(None, ge=1)
     max_total_len: int | None = Field(None, ge=1)  # n_positions
+    max_num_tokens: int | None = Field(None, ge=1)  # tokens per forward step (prefill chunk)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of device memory the server may use
+
+    @model_validator(mode="after")
+    def _queue_holds_batch(self) -> "LimitsSpec":
+        if self.max_concurrent_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_concurrent_requests ({self.max_concurrent_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): the queue must hold at least one full batch"
+            )
+        return self
 
 
 class OutputSpec(Section):

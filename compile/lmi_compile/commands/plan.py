@@ -1,0 +1,62 @@
+"""`lmi-compile plan`: decide how to serve a model on given hardware, and say why."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from lmi_compile.plan import plan_json, plan_recipe, print_plan
+from lmi_compile.recipe_loader import load_recipe, recipe_from_serving_config
+from lmi_runtime.cli_support import stderr, user_errors
+from lmi_runtime.config import PRECEDENCE_DOC, load_serving_config
+from lmi_runtime.errors import ConfigError
+
+HELP = f"""Decide backend, tensor-parallel degree, dtype, length limits and the KV-cache budget, each with its reason.
+
+The model comes from RECIPE (a YAML file, see recipes/) or, without one, from the LMI configuration:
+HF_MODEL_ID, HF_REVISION, TENSOR_PARALLEL_DEGREE, MAX_BATCH_SIZE, MAX_CONCURRENT_REQUESTS, OPTION_<NAME>
+and the TGI/SageMaker aliases, plus a serving.properties given with --properties.
+{PRECEDENCE_DOC}
+
+Only config.json is read (a hub id downloads that one file; HF_TOKEN for gated models).
+The hardware is this machine, probed (NVIDIA GPUs, Neuron devices, else the CPU), or the SageMaker
+instance type given with --for (e.g. ml.g5.12xlarge, ml.p4d.24xlarge, ml.inf2.48xlarge)."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan", help=HELP)(plan)
+
+
+@user_errors
+def plan(
+    recipe: Path | None = typer.Argument(None, help="Recipe YAML file; omit to plan from LMI environment variables.",
+                                         show_default=False),
+    properties: Path | None = typer.Option(None, "--properties", help="serving.properties file (or a folder holding one), used without RECIPE."),
+    instance_type: str | None = typer.Option(None, "--for", help="Plan for this SageMaker instance type instead of this machine."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (stable keys) instead of a table."),
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            token = os.environ.get("HF_TOKEN") or None
+            if recipe is not None:
+                if properties is not None:
+                    raise ConfigError("give either a RECIPE or --properties, not both",
+                                      hint="a recipe holds everything; --properties is for LMI-style configuration")
+                chosen = load_recipe(recipe)
+            else:
+                config = load_serving_config(properties=properties)
+                chosen = recipe_from_serving_config(config)
+                token = config.hf_token.get_secret_value() if config.hf_token else token
+            result = plan_recipe(chosen, instance_type=instance_type, token=token)
+        finally:
+            for item in caught:
+                stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+    if as_json:
+        typer.echo(plan_json(result))
+    else:
+        print_plan(result, Console())

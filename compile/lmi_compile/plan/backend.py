@@ -1,0 +1,59 @@
+"""Which backend serves a model on given hardware, by architecture (lists from LMI's documentation)."""
+
+from __future__ import annotations
+
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.hardware import Hardware
+from lmi_runtime.modelspec import ModelSpec
+
+# model_type values of the architectures LMI's TensorRT-LLM container optimises (LMI 0.27:
+# Aquila, Baichuan, BLOOM, ChatGLM, DBRX, DeciLM, Falcon, Gemma, GPT-2, GPT BigCode, GPT-J,
+# GPT-NeoX, InternLM, LLaMA, Mistral, Mixtral, MPT, OPT, Phi, Qwen, Qwen2, Yi (a llama), T5).
+TRTLLM_MODEL_TYPES = frozenset(
+    {"aquila", "baichuan", "bloom", "chatglm", "dbrx", "deci", "falcon", "RefinedWebModel", "RefinedWeb",
+     "gemma", "gpt2", "gpt_bigcode", "gptj", "gpt_neox", "internlm", "llama", "mistral", "mixtral", "mpt",
+     "opt", "phi", "qwen", "qwen2", "yi", "t5"}
+)
+# transformers-neuronx's supported set (LLaMA, Mistral, GPT-NeoX, GPT-J, BLOOM, GPT-2, OPT, GPT BigCode).
+NEURON_MODEL_TYPES = frozenset({"llama", "mistral", "gpt_neox", "gptj", "bloom", "gpt2", "opt", "gpt_bigcode"})
+NEURON_QUANTIZATION = frozenset({"none", "static_int8"})
+# Our compact torch implementation (RMSNorm, RoPE, SwiGLU, GQA); anything else runs through transformers.
+TORCH_COMPACT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "yi"})
+
+
+def torch_path(spec: ModelSpec) -> str:
+    if spec.model_type in TORCH_COMPACT_MODEL_TYPES:
+        return "compact Llama-family implementation (paged KV cache)"
+    return f"generic transformers implementation ({spec.model_type} has no compact implementation)"
+
+
+def choose_backend(requested: str, hardware: Hardware, spec: ModelSpec, quantization: str) -> tuple[str, str]:
+    """(backend, reason). An explicit choice is checked against the hardware; `auto` decides."""
+    arch = spec.architecture or spec.model_type
+    if requested == "trtllm" and hardware.kind != "cuda":
+        raise ConfigError(f"backend trtllm needs NVIDIA GPUs; this plan's hardware is {hardware.describe()}",
+                          hint="use --for with a GPU instance (e.g. ml.g5.12xlarge), or target.backend: auto")
+    if requested == "neuron" and hardware.kind != "neuron":
+        raise ConfigError(f"backend neuron needs AWS Inferentia2/Trainium; this plan's hardware is {hardware.describe()}",
+                          hint="use --for with an inf2/trn1 instance (e.g. ml.inf2.48xlarge), or target.backend: auto")
+    if requested == "torch" and hardware.kind == "neuron":
+        raise ConfigError("backend torch cannot use NeuronCores", hint="use target.backend: neuron (or auto) on inf2/trn1")
+
+    if hardware.kind == "neuron" or requested == "neuron":
+        if quantization not in NEURON_QUANTIZATION:
+            raise ConfigError(f"quantization '{quantization}' is not available on Neuron",
+                              hint=f"on Neuron use one of: {', '.join(sorted(NEURON_QUANTIZATION))}")
+        caveat = "" if spec.model_type in NEURON_MODEL_TYPES else (
+            f"; note: {arch} is not in the tested Neuron list ({', '.join(sorted(NEURON_MODEL_TYPES))}), "
+            "compilation may fail")
+        return "neuron", f"Neuron hardware: compiled ahead of time with optimum-neuron{caveat}"
+    if requested == "trtllm":
+        note = "" if spec.model_type in TRTLLM_MODEL_TYPES else f"; note: {arch} is not in LMI's TensorRT-LLM list"
+        return "trtllm", f"requested{note}"
+    if requested == "torch":
+        return "torch", f"requested: {torch_path(spec)}"
+    if hardware.kind == "cpu":
+        return "torch", f"no accelerator: {torch_path(spec)} on the CPU"
+    if spec.model_type in TRTLLM_MODEL_TYPES:
+        return "trtllm", f"NVIDIA GPU and {arch} is in TensorRT-LLM's supported set"
+    return "torch", f"{arch} is not in TensorRT-LLM's supported set: {torch_path(spec)}"

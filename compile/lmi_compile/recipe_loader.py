@@ -1,0 +1,117 @@
+"""Recipes from YAML files or from an LMI deployment's configuration.
+
+A recipe key we do not know is a warning naming the nearest known key (at any depth) and is
+dropped; a bad value is a ConfigError naming the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lmi_compile.recipe import Recipe
+from lmi_runtime.config import ServingConfig, warn_unknown
+from lmi_runtime.errors import ConfigError
+
+# LMI's option.rolling_batch → recipe target backend.
+_BACKENDS = {"auto": "auto", "torch": "torch", "trtllm": "trtllm", "neuron": "neuron", "disable": "auto"}
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"cannot read recipe {path}: {err.strerror or err}",
+                          hint="pass the path of a recipe YAML file (see recipes/)") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {path} is not valid YAML: {err}", hint="check indentation and quoting") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (source, quantize, target, ...)",
+                          hint="see recipes/smollm2-int8.yaml for the layout")
+    return recipe_from_dict(data, where=path.name)
+
+
+def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
+    cleaned = _drop_unknown(data, Recipe, where, prefix="")
+    try:
+        return Recipe.model_validate(cleaned)
+    except ValidationError as err:
+        raise _recipe_error(err, where) from None
+
+
+def recipe_from_serving_config(config: ServingConfig) -> Recipe:
+    """Map an LMI deployment (environment / serving.properties) onto a recipe."""
+    if not config.model_id:
+        raise ConfigError("no model to prepare: the configuration has no model id",
+                          hint="set HF_MODEL_ID (or option.model_id in serving.properties), or pass a recipe file")
+    quantize: dict[str, Any] = {"method": config.quantize}
+    if config.quantize == "awq":  # LMI/AutoAWQ defaults: 4 bits, group 128, zero point
+        quantize.update(bits=4, group_size=128, symmetric=False)
+    elif config.quantize == "gptq":
+        quantize.update(bits=4, group_size=128)
+    total = config.n_positions
+    data = {
+        "name": _name_from(config.model_id),
+        "source": {"uri": config.model_id, "revision": config.revision,
+                   "trust_remote_code": config.trust_remote_code},
+        "quantize": quantize,
+        "target": {"backend": _BACKENDS[config.rolling_batch], "dtype": config.dtype,
+                   "tp_degree": config.tensor_parallel_degree, "pp_degree": config.pipeline_parallel_degree},
+        "limits": {"max_batch_size": config.max_rolling_batch_size,
+                   "max_concurrent_requests": config.job_queue_size,
+                   "max_input_len": config.max_input_len, "max_output_len": config.max_output_len,
+                   "max_total_len": total, "max_num_tokens": config.max_rolling_batch_prefill_tokens,
+                   "gpu_memory_utilization": config.gpu_memory_utilization},
+    }
+    return recipe_from_dict(data, where="the serving configuration")
+
+
+def _name_from(model_id: str) -> str:
+    tail = model_id.rstrip("/").split("/")[-1] or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _section_model(arg)
+            if found:
+                return found
+    return None
+
+
+def _drop_unknown(data: dict[str, Any], model: type[BaseModel], where: str, prefix: str) -> dict[str, Any]:
+    """Copy `data` without keys `model` does not define, warning about each (recursively)."""
+    fields = model.model_fields
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            warn_unknown(dotted, (f"{prefix}{name}" for name in fields), where)
+            continue
+        section = _section_model(fields[key].annotation)
+        kept[key] = _drop_unknown(value, section, where, f"{dotted}.") if section and isinstance(value, dict) else value
+    return kept
+
+
+_UNION_TAG = re.compile(r"^(int|str|float|bool|none|.*[^a-z0-9_].*)$")
+
+
+def _recipe_error(err: ValidationError, where: str) -> ConfigError:
+    """One line per offending key; the alternatives of a union (`4` or `'max'`) on one line."""
+    problems: dict[str, list[str]] = {}
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))) or "recipe"
+        expected = item.get("ctx", {}).get("expected")
+        message = f"allowed: {expected}" if expected else item["msg"].removeprefix("Value error, ")
+        shown = f" = {item['input']!r}" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        problems.setdefault(f"{path}{shown}", []).append(message)
+    text = "; ".join(f"{key}: {' or '.join(messages)}" for key, messages in problems.items())
+    return ConfigError(f"invalid {where}: {text}", hint="fix the value(s) above (see recipes/ for working examples)")
