@@ -125,12 +125,12 @@ class S3Server:
                     raise RuntimeError(f"SeaweedFS did not answer in {timeout:.0f} s") from None
                 time.sleep(0.2)
 
-    def stop(self) -> None:
-        """Stop the whole process group (weed mini runs its parts in one process, but be sure)."""
+    def stop(self, crash: bool = False) -> None:
+        """Stop the server's process group; `crash` kills it at once, like a lost server."""
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGKILL if crash else signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:

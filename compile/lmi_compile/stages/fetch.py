@@ -22,7 +22,7 @@ from lmi_compile.sources.bundled import is_bundled, materialize
 from lmi_runtime.errors import ConfigError, ModelFolderError, StorageError
 from lmi_runtime.modelfolder import ModelDir, select_model_files, validate_model_folder
 from lmi_runtime.safepath import relpath_problem, safe_join
-from lmi_runtime.storage import Transfer, open_storage, parse_uri
+from lmi_runtime.storage import Location, Transfer, open_storage, parse_uri
 from lmi_runtime.storage.hub import hub_download
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -32,14 +32,17 @@ PROVENANCE = ".lmi-fetch.json"  # marks a folder this stage wrote, so a re-fetch
 def fetch(spec: SourceSpec, out: Path, s3_options=None, token: str | None = None) -> ModelDir:
     out = out.expanduser().absolute()
     _check_destination(out)
+    location = None if is_bundled(spec.uri) else parse_uri(spec.uri, hub=True)
+    if spec.revision and (location is None or location.kind != "hub"):
+        raise ConfigError(f"a revision was given for {spec.uri}, which is not a Hugging Face repo", hint="revisions apply to hub sources only; drop --revision")
     staging = out.parent / f".{out.name}.partial"
     provenance = json.dumps({"uri": spec.uri, "revision": spec.revision}, sort_keys=True)
     if (staging / PROVENANCE).exists() and (staging / PROVENANCE).read_text() != provenance:
         shutil.rmtree(staging)  # left over from a different source: do not mix files
     staging.mkdir(parents=True, exist_ok=True)
     (staging / PROVENANCE).write_text(provenance)
-    _download(spec, staging, s3_options, token)
-    try:
+    try:  # a StorageError keeps the staging folder, so a re-run resumes a hub download
+        _download(spec, location, staging, s3_options, token)
         model = validate_model_folder(staging, spec.allow_pickle, spec.trust_remote_code, source=spec.uri)
     except ModelFolderError:
         shutil.rmtree(staging, ignore_errors=True)
@@ -56,15 +59,11 @@ def _check_destination(out: Path) -> None:
         )
 
 
-def _download(spec: SourceSpec, staging: Path, s3_options, token: str | None) -> None:
+def _download(spec: SourceSpec, location: Location | None, staging: Path, s3_options, token: str | None) -> None:
     uri = spec.uri
-    if is_bundled(uri):
+    if location is None:
         _copy_selected(materialize(uri), staging, spec, link=True)
-        return
-    location = parse_uri(uri, hub=True)
-    if spec.revision and location.kind != "hub":
-        raise ConfigError(f"a revision was given for {uri}, which is not a Hugging Face repo", hint="revisions apply to hub sources only; drop --revision")
-    if location.kind == "hub":
+    elif location.kind == "hub":
         hub_download(location.repo_id, staging, spec.revision, token, spec.allow_pickle, spec.trust_remote_code)
     elif location.kind == "s3" and location.prefix.endswith(ARCHIVE_SUFFIXES):
         parent, _, name = location.prefix.rpartition("/")
