@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -30,18 +32,19 @@ def transfer_progress(transient: bool = True) -> Progress:
     )  # fmt: skip
 
 
-def hash_files(paths: list[Path], label: str = "sha256") -> dict[Path, str]:
-    """sha256 of many files; hashlib releases the GIL, so a few threads use more than one core."""
-    total = sum(p.stat().st_size for p in paths)
-    workers = min(4, max(1, len(paths)))
+@contextmanager
+def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """Yield `advance(n_bytes)`; draws a bar only when `total` is worth waiting for."""
     if total < PROGRESS_MIN_BYTES:
-        with ThreadPoolExecutor(workers) as pool:
-            return dict(zip(paths, pool.map(sha256_file, paths)))
+        yield lambda n: None
+        return
     with transfer_progress() as progress:
         task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
 
-        def one(path: Path) -> str:
-            return sha256_file(path, lambda n: progress.advance(task, n))
 
-        with ThreadPoolExecutor(workers) as pool:
-            return dict(zip(paths, pool.map(one, paths)))
+def hash_files(paths: list[Path], label: str = "sha256") -> dict[Path, str]:
+    """sha256 of many files; hashlib releases the GIL, so a few threads use more than one core."""
+    with progress_bar(label, sum(p.stat().st_size for p in paths)) as advance:
+        with ThreadPoolExecutor(min(4, max(1, len(paths)))) as pool:
+            return dict(zip(paths, pool.map(lambda path: sha256_file(path, advance), paths)))

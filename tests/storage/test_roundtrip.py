@@ -143,3 +143,29 @@ def test_traversal_in_remote_manifest_is_refused(artifact, bucket, options, s3, 
     with pytest.raises(ArtifactError, match="unsafe manifest path '../../escaped.txt'"):
         download_artifact(uri, tmp_path / "dl" / "x", s3_options=options)
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "dl" / "x").exists()
+
+
+def test_s5cmd_reports_wrong_credentials(bucket, options, monkeypatch, tmp_path):
+    from lmi_runtime.storage import Transfer
+
+    (tmp_path / "f").write_bytes(b"x")
+    storage = open_storage(f"s3://{bucket}/m", options)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "definitely-wrong-secret")
+    with pytest.raises(StorageError, match="rejected the credentials while uploading") as err:
+        storage.upload([Transfer(tmp_path / "f", "f", 1)])
+    assert "definitely-wrong-secret" not in str(err.value)
+
+
+def test_manifest_writes_are_conditional(bucket, options):
+    """Two publishers cannot silently overwrite each other's manifest (If-None-Match / If-Match)."""
+    from lmi_runtime.storage import ABSENT
+
+    storage = open_storage(f"s3://{bucket}/m", options)
+    storage.put_bytes(MANIFEST_NAME, b"first", expect=ABSENT)
+    with pytest.raises(StorageError, match="changed by someone else"):
+        storage.put_bytes(MANIFEST_NAME, b"second", expect=ABSENT)
+    _, version = storage.get_bytes(MANIFEST_NAME)
+    storage.put_bytes(MANIFEST_NAME, b"third", expect=version)
+    with pytest.raises(StorageError, match="changed by someone else"):
+        storage.put_bytes(MANIFEST_NAME, b"fourth", expect=version)  # stale version
+    assert storage.get_bytes(MANIFEST_NAME)[0] == b"third"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
 
-from lmi_runtime.checksums import PROGRESS_MIN_BYTES, transfer_progress
+from lmi_runtime.checksums import progress_bar
 from lmi_runtime.errors import StorageError
 from lmi_runtime.safepath import check_relpath
 from lmi_runtime.storage.base import (
@@ -193,12 +193,8 @@ class S3Storage(Storage):
     def _transfer(self, transfers: list[Transfer], upload: bool) -> TransferReport:
         action = "uploading" if upload else "downloading"
         total = sum(t.size for t in transfers)
-        with Stopwatch() as watch, transfer_progress() as progress:
-            task = progress.add_task(action, total=total, visible=total >= PROGRESS_MIN_BYTES)
-            if self.s5cmd:
-                report, failures = self._s5cmd(transfers, upload, lambda n: progress.advance(task, n))
-            else:
-                report, failures = self._boto3(transfers, upload, lambda n: progress.advance(task, n))
+        with Stopwatch() as watch, progress_bar(action, total) as advance:
+            report, failures = (self._s5cmd if self.s5cmd else self._boto3)(transfers, upload, advance)
         report.seconds = watch.seconds
         if failures:
             first_key, first_cause = failures[0]
