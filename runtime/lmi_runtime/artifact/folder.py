@@ -36,6 +36,7 @@ def scan_files(root: Path, include_manifest: bool = False) -> list[str]:
         raise ArtifactError(f"artifact folder {root} does not exist", hint="check the path")
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(TMP_PREFIX)]  # an interrupted download's staging
         for name in filenames + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
             rel = Path(dirpath, name).relative_to(root).as_posix()
             if (rel == MANIFEST_NAME and not include_manifest) or name.startswith(TMP_PREFIX):

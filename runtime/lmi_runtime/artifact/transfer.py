@@ -23,6 +23,7 @@ from lmi_runtime.checksums import hash_files
 from lmi_runtime.errors import ArtifactError, StorageError
 from lmi_runtime.safepath import safe_join
 from lmi_runtime.storage.base import ABSENT, Storage, Transfer, TransferReport
+from lmi_runtime.storage.local import TMP_PREFIX
 
 log = logging.getLogger("lmi.artifact.transfer")
 
@@ -74,7 +75,7 @@ def pull(storage: Storage, entries: list[FileEntry], dest: Path) -> TransferRepo
     todo = [e for e in entries if digests.get(targets[e.path]) != e.sha256]
     if not todo:
         return TransferReport("none")
-    staging = Path(tempfile.mkdtemp(prefix=".lmi-partial-", dir=dest))
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}partial-", dir=dest))
     try:
         transfers = [Transfer(safe_join(staging, e.path, ArtifactError, "manifest path"), e.path, e.size, e.sha256) for e in todo]
         report = storage.download(transfers)
