@@ -15,7 +15,7 @@ from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.modelfolder import select_model_files, validate_model_folder
 from lmi_runtime.storage import Transfer, open_storage
 
-from conftest import write_model
+from storage_folders import write_model
 
 
 def _upload_folder(folder, uri, options):

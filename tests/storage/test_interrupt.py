@@ -14,7 +14,7 @@ from lmi_runtime.artifact.folder import read_manifest
 from lmi_runtime.artifact.manifest import MANIFEST_NAME
 from lmi_runtime.storage.s3 import S3Options
 
-from conftest import write_artifact
+from storage_folders import write_artifact
 
 FILES, SIZE = 8, 6 << 20
 

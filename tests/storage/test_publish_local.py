@@ -12,7 +12,7 @@ from lmi_runtime.artifact.folder import read_manifest
 from lmi_runtime.artifact.manifest import MANIFEST_NAME
 from lmi_runtime.errors import ArtifactError
 
-from conftest import write_model
+from storage_folders import write_model
 
 
 def test_local_publish_is_complete_resumable_and_idempotent(artifact, tmp_path):

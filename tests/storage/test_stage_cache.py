@@ -8,7 +8,7 @@ import pytest
 from lmi_compile.recipe import QuantizeSpec
 from lmi_compile.stage_cache import StageCache, stage_key, tool_versions
 
-from conftest import write_model
+from storage_folders import write_model
 
 
 @pytest.fixture()
