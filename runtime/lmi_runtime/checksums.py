@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 CHUNK = 8 << 20
@@ -24,21 +25,15 @@ def sha256_file(path: Path, on_chunk=None) -> str:
     return digest.hexdigest()
 
 
-def transfer_progress(transient: bool = True) -> Progress:
-    """The bar used for hashing and transfers: bytes done, speed, time left."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(), transient=transient,
-    )  # fmt: skip
-
-
 @contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     """Yield `advance(n_bytes)`; draws a bar only when `total` is worth waiting for."""
     if total < PROGRESS_MIN_BYTES:
         yield lambda n: None
         return
-    with transfer_progress() as progress:
+    console = Console(stderr=True)  # keep stdout for results; no bar when not on a terminal
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
 
