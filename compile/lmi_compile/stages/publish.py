@@ -1,0 +1,46 @@
+"""publish: a verified artifact folder → a local folder or `s3://bucket/prefix`.
+
+The local artifact is checked against its manifest first (nothing tampered, nothing extra),
+then data goes up and the manifest last, so readers (who look for the manifest) never see a
+half-published artifact. Files already at the destination with the same size and sha256 are
+not sent again: an unchanged artifact transfers nothing and an interrupted publish resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmi_runtime.artifact.folder import digest_of, read_manifest, verify_folder
+from lmi_runtime.artifact.manifest import MANIFEST_NAME
+from lmi_runtime.artifact.transfer import push
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.storage import open_storage, parse_uri
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """Where an artifact was published and what this run did."""
+
+    uri: str
+    manifest_sha256: str
+    sent: list[str]
+    skipped: list[str]
+    bytes_sent: int
+    seconds: float
+    tool: str
+
+
+def publish(artifact_dir: Path, dest: str, s3_options=None) -> ArtifactRef:
+    artifact_dir = artifact_dir.expanduser().absolute()
+    manifest = read_manifest(artifact_dir)
+    verify_folder(artifact_dir, manifest)
+    location = parse_uri(dest)
+    if location.kind == "local" and location.path.resolve() == artifact_dir.resolve():
+        raise ConfigError(f"the destination {dest} is the artifact folder itself", hint="publish to another folder or an s3:// prefix")
+    data = (artifact_dir / MANIFEST_NAME).read_bytes()
+    report = push(artifact_dir, manifest.all_files(), open_storage(location, s3_options), MANIFEST_NAME, data)
+    return ArtifactRef(
+        uri=location.uri, manifest_sha256=digest_of(data), sent=report.sent.keys, skipped=report.skipped,
+        bytes_sent=report.sent.bytes, seconds=report.sent.seconds, tool=report.sent.tool,
+    )  # fmt: skip
