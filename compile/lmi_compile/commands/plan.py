@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from lmi_compile.plan import plan_json, plan_recipe, print_plan
-from lmi_compile.recipe_loader import load_recipe, recipe_from_serving_config
-from lmi_runtime.cli_support import stderr, user_errors
-from lmi_runtime.config import PRECEDENCE_DOC, load_serving_config
-from lmi_runtime.errors import ConfigError
+from lmi_compile.commands.common import printed_warnings, recipe_and_token
+from lmi_runtime.cli_support import user_errors
+from lmi_runtime.config import PRECEDENCE_DOC
 
 HELP = f"""Decide backend, tensor-parallel degree, dtype, length limits and the KV-cache budget, each with its reason.
 
@@ -39,23 +36,9 @@ def plan(
     instance_type: str | None = typer.Option(None, "--for", help="Plan for this SageMaker instance type instead of this machine."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (stable keys) instead of a table."),
 ) -> None:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            token = os.environ.get("HF_TOKEN") or None
-            if recipe is not None:
-                if properties is not None:
-                    raise ConfigError("give either a RECIPE or --properties, not both",
-                                      hint="a recipe holds everything; --properties is for LMI-style configuration")
-                chosen = load_recipe(recipe)
-            else:
-                config = load_serving_config(properties=properties)
-                chosen = recipe_from_serving_config(config)
-                token = config.hf_token.get_secret_value() if config.hf_token else token
-            result = plan_recipe(chosen, instance_type=instance_type, token=token)
-        finally:
-            for item in caught:
-                stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+    with printed_warnings():
+        chosen, token = recipe_and_token(recipe, properties)
+        result = plan_recipe(chosen, instance_type=instance_type, token=token)
     if as_json:
         typer.echo(plan_json(result))
     else:

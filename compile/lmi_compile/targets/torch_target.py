@@ -30,8 +30,19 @@ def toolchain() -> dict[str, str]:
     }
 
 
-def build(model_dir: Path, out_dir: Path, *, tp_degree: int, dtype: str) -> TargetInfo:
-    """Copy `model_dir` into `out_dir` in the per-rank layout and describe the target."""
+def describe(tp_degree: int, dtype: str) -> TargetInfo:
+    """What the artifact is tied to: any CPU or CUDA device, these library versions."""
+    return TargetInfo(
+        backend="torch",
+        tp_degree=tp_degree,
+        dtype=dtype,
+        hardware={"kind": "any"},  # safetensors load on CPU and any CUDA device
+        toolchain=toolchain(),
+    )
+
+
+def build(model_dir: Path, out_dir: Path, *, tp_degree: int) -> None:
+    """Copy `model_dir` into `out_dir` in the per-rank layout."""
     if tp_degree != 1:
         raise ConfigError(
             f"the torch target serves one rank, but tp_degree is {tp_degree}",
@@ -45,10 +56,3 @@ def build(model_dir: Path, out_dir: Path, *, tp_degree: int, dtype: str) -> Targ
             continue
         is_weight = item.name.endswith(WEIGHT_SUFFIXES) or item.name == WEIGHT_INDEX
         shutil.copy2(item, (weights if is_weight else out_dir) / item.name)
-    return TargetInfo(
-        backend="torch",
-        tp_degree=1,
-        dtype=dtype,
-        hardware={"kind": "any"},  # safetensors load on CPU and any CUDA device
-        toolchain=toolchain(),
-    )

@@ -1,0 +1,45 @@
+"""What several commands share: choosing the recipe (a file, or the LMI configuration) and
+showing configuration warnings on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmi_compile.recipe import Recipe
+from lmi_compile.recipe_loader import load_recipe, recipe_from_serving_config
+from lmi_runtime.cli_support import stderr
+from lmi_runtime.config import load_serving_config
+from lmi_runtime.errors import ConfigError
+
+
+@contextlib.contextmanager
+def printed_warnings() -> Iterator[None]:
+    """Collect warnings raised inside (unknown keys, overridden settings) and print them once."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for item in caught:
+                stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+
+
+def recipe_and_token(recipe: Path | None, properties: Path | None) -> tuple[Recipe, str | None]:
+    """The recipe from RECIPE, or from LMI environment variables + serving.properties; and the
+    hub token (HF_TOKEN), which is never part of the recipe so that it is never written out."""
+    token = os.environ.get("HF_TOKEN") or None
+    if recipe is not None:
+        if properties is not None:
+            raise ConfigError(
+                "give either a RECIPE or --properties, not both",
+                hint="a recipe holds everything; --properties is for LMI-style configuration",
+            )
+        return load_recipe(recipe), token
+    config = load_serving_config(properties=properties)
+    if config.hf_token:
+        token = config.hf_token.get_secret_value()
+    return recipe_from_serving_config(config), token

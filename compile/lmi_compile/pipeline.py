@@ -1,0 +1,136 @@
+"""`lmi-compile run`: plan → fetch → quantize → compile → publish, one typed stage at a time.
+
+Everything is written under a private work folder first; only `publish` touches the
+destination, and it writes the manifest last. So a failing stage (a quality gate missed, a
+bad model folder, an unreachable bucket) leaves nothing that a runtime would pick up.
+Quantize and compile outputs are kept in the stage cache, keyed on their inputs, settings
+and tool versions, so a re-run with the same recipe skips them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.recipe import Recipe
+from lmi_compile.stage_cache import StageCache, stage_key
+from lmi_compile.stages.fetch import fetch
+from lmi_compile.stages.publish import ArtifactRef, publish
+from lmi_compile.targets import torch_target
+from lmi_runtime.artifact.folder import build_manifest, write_manifest
+from lmi_runtime.artifact.manifest import Limits, ModelInfo, QuantizationInfo
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.storage.s3 import S3Options
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    artifact: ArtifactRef
+    cache_hits: list[str] = field(default_factory=list)
+
+
+def output_uri(recipe: Recipe) -> str:
+    return recipe.output.uri.replace("{name}", recipe.name)
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    instance_type: str | None = None,
+    token: str | None = None,
+    s3_options: S3Options | None = None,
+    device: str = "cpu",
+    log: Log = print,
+) -> RunResult:
+    plan = plan_recipe(recipe, instance_type=instance_type, token=token)
+    if plan.backend != "torch":
+        raise ConfigError(
+            f"the plan chose the {plan.backend} target, which this build cannot compile here",
+            hint="set target.backend: torch for a portable artifact; the trtllm and neuron targets "
+            "are built inside Dockerfile.trtllm / Dockerfile.neuron",
+        )
+    cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
+    hits: list[str] = []
+    work = Path(tempfile.mkdtemp(prefix="lmi-run-"))
+    try:
+        log(f"fetch: {recipe.source.uri}")
+        model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
+
+        def quantize_into(out: Path) -> None:
+            from lmi_compile.quantize.stage import quantize
+
+            quantize(model.path, recipe.quantize, out, device=device)
+
+        quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
+
+        def compile_into(out: Path) -> None:
+            torch_target.build(quantized, out, tp_degree=plan.tp_degree)
+
+        target_settings = {"backend": plan.backend, "tp_degree": plan.tp_degree, "dtype": plan.dtype}
+        compiled = _cached(cache, "compile", quantized, target_settings, compile_into, work, hits, log)
+
+        artifact = work / "artifact"
+        shutil.copytree(compiled, artifact)
+        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantized))
+        log(f"publish: {output_uri(recipe)}")
+        ref = publish(artifact, output_uri(recipe), s3_options=s3_options)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return RunResult(plan=plan, artifact=ref, cache_hits=hits)
+
+
+def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work: Path, hits: list[str], log: Log) -> Path:
+    """Return the stage's output folder: from the cache, or produced now and stored there."""
+    key = stage_key(stage, [source], settings)
+    found = cache.get(key)
+    if found is not None:
+        hits.append(stage)
+        log(f"{stage}: cached ({key[:12]})")
+        return found
+    log(f"{stage}: running")
+    out = work / stage
+    produce(out)
+    return cache.put(key, out, stage=stage)
+
+
+def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantized: Path):
+    from lmi_compile.quantize.report import QuantReport
+
+    report = QuantReport.load(quantized)
+    target = torch_target.describe(plan.tp_degree, plan.dtype)
+    return build_manifest(
+        artifact,
+        model=ModelInfo(
+            source=recipe.source.uri,
+            revision=recipe.source.revision,
+            architecture=(config.get("architectures") or [None])[0],
+        ),
+        quantization=QuantizationInfo(
+            method=report.method,
+            settings=report.settings,
+            report=report.model_dump(mode="json", exclude={"method", "settings"}),
+        ),
+        target=target,
+        limits=Limits(
+            max_batch_size=plan.max_batch_size,
+            max_input_len=plan.max_input_len,
+            max_total_len=plan.max_total_len,
+            kv_cache=plan.kv_cache.model_dump(mode="json"),
+        ),
+        serving={
+            "option.rolling_batch": plan.backend,
+            "option.dtype": plan.dtype,
+            "option.tensor_parallel_degree": str(plan.tp_degree),
+            "option.max_rolling_batch_size": str(plan.max_batch_size),
+            "job_queue_size": str(plan.max_concurrent_requests),
+            "option.max_input_len": str(plan.max_input_len),
+            "option.n_positions": str(plan.max_total_len),
+        },
+    )
