@@ -11,6 +11,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `lmi-compile COMMAND` a command group even while only one command is registered."""
+
+
 # Each command lives in lmi_compile.commands.<name> and registers itself on `app`.
 from lmi_compile.commands import register_all  # noqa: E402
 

@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["quantize"]
 
 
 def register_all(app: typer.Typer) -> None:
