@@ -114,5 +114,6 @@ def _print_summary(report, report_path: Path) -> None:
         p = report.perplexity
         table.add_row("perplexity", f"{p.original:.3f} -> {p.quantized:.3f} ({p.relative_increase:+.2%})")
     table.add_row("wall time", f"{report.wall_time_s:.1f} s (+{report.evaluation_time_s:.1f} s evaluation)")
-    table.add_row("report", str(report_path))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    console.print(f"report: {report_path}", soft_wrap=True, highlight=False)

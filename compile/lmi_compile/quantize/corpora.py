@@ -17,7 +17,10 @@ from pathlib import Path
 from lmi_runtime.errors import ConfigError
 
 # Every HOLDOUT_EVERY-th document (in the source's fixed order) is held out for evaluation.
-HOLDOUT_EVERY = 4
+HOLDOUT_EVERY = 3
+# Held-out paragraphs sharing any run of this many words with the calibration text are dropped
+# (documents of one source quote each other: the usual n-gram decontamination).
+DECONTAMINATE_WORDS = 8
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,22 @@ def calibration_and_evaluation(calibration_source: str, evaluation_source: str) 
             hint="give the quality gate its own dataset, or split the text into paragraphs",
         )
     held_out = {i for i in range(len(docs)) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1} or {len(docs) - 1}
+    kept = tuple(d for i, d in enumerate(docs) if i not in held_out)
+    seen = set().union(*(_word_ngrams(d) for d in kept))
+    evaluation = []
+    for i in sorted(held_out):
+        paragraphs = [p for p in re.split(r"\n\s*\n", docs[i]) if not (_word_ngrams(p) & seen)]
+        if paragraphs:
+            evaluation.append("\n\n".join(paragraphs))
     return TextSplit(
-        Corpus(calibration.source, tuple(d for i, d in enumerate(docs) if i not in held_out), calibration.licence),
-        Corpus(calibration.source, tuple(d for i, d in enumerate(docs) if i in held_out), calibration.licence),
+        Corpus(calibration.source, kept, calibration.licence),
+        Corpus(calibration.source, tuple(evaluation), calibration.licence),
     )
+
+
+def _word_ngrams(text: str, n: int = DECONTAMINATE_WORDS) -> set[tuple[str, ...]]:
+    words = text.split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def token_stream(tokenizer, corpus: Corpus) -> list[int]:
