@@ -14,9 +14,8 @@ app = typer.Typer(
 
 
 @app.callback()
-def _group() -> None:
-    # Keeps `lmi-compile COMMAND` a command group even while only one command is registered.
-    pass
+def _root() -> None:
+    """Keeps `lmi-compile COMMAND` a command group even while only one command is registered."""
 
 
 # Each command lives in lmi_compile.commands.<name> and registers itself on `app`.

@@ -41,7 +41,8 @@ class CalibrationSpec(Section):
 class QualitySpec(Section):
     """Quality gate: perplexity of original vs quantized on held-out text."""
 
-    dataset: str = "builtin:python-tutorial"
+    # Same source as calibration (the default): its documents are split, never shared.
+    dataset: str = "builtin:python-docs"
     max_tokens: int = Field(4096, ge=64)
     seq_len: int = Field(512, ge=16)
     max_ppl_increase: float | None = Field(None, ge=0)  # relative, 0.05 = +5%; None = report only
@@ -55,6 +56,8 @@ class QuantizeSpec(Section):
     desc_act: bool = False  # GPTQ act-order
     damp: float = Field(0.01, gt=0)  # GPTQ dampening fraction
     alpha: float = Field(0.5, ge=0, le=1)  # SmoothQuant migration strength
+    awq_grid: int = Field(20, ge=1)  # AWQ scale-search grid points per layer group
+    awq_duo_scaling: bool | Literal["both"] = True  # AWQ scales from activations and weights
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)
 

@@ -1,0 +1,119 @@
+"""`lmi-compile quantize`: run the quantize stage alone on a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from lmi_runtime.cli_support import user_errors
+from lmi_runtime.errors import ConfigError
+from lmi_compile.recipe import QuantizeSpec, Recipe
+
+
+def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> QuantizeSpec:
+    """A QuantizeSpec from a recipe file (its `quantize:` section, or a bare quantize section)
+    with command-line values on top; a dotted key (`calibration.num_samples`) sets a subsection."""
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        if not recipe.is_file():
+            raise ConfigError(f"recipe file {recipe} does not exist")
+        try:
+            loaded = yaml.safe_load(recipe.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe file {recipe} is not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe file {recipe} must hold a mapping")
+        is_full_recipe = bool(set(loaded) & set(Recipe.model_fields))
+        data = dict(loaded.get("quantize") or {}) if is_full_recipe else loaded
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        *sections, leaf = key.split(".")
+        target = data
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[leaf] = value
+    try:
+        return QuantizeSpec.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid quantize settings: {problems}", hint="see `lmi-compile quantize --help`") from err
+
+
+def _group_size(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ConfigError(f"--group-size must be a number or 'auto', got '{value}'") from err
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    @user_errors
+    def quantize_command(
+        model_dir: Path = typer.Argument(..., help="Hugging Face model folder to quantize."),
+        out: Path = typer.Option(..., "--out", help="New folder for the quantized model and its report."),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (its quantize: section)."),
+        method: Optional[str] = typer.Option(None, help="awq | gptq | smoothquant | static_int8 | none"),
+        bits: Optional[int] = typer.Option(None, help="Weight bits (4 or 8 for awq/gptq)."),
+        group_size: Optional[str] = typer.Option(None, "--group-size", help="Columns per scale, or 'auto'."),
+        symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="Zero point or not."),
+        desc_act: Optional[bool] = typer.Option(None, "--desc-act/--no-desc-act", help="GPTQ act-order."),
+        damp: Optional[float] = typer.Option(None, help="GPTQ dampening fraction."),
+        alpha: Optional[float] = typer.Option(None, help="SmoothQuant migration strength (0..1)."),
+        dataset: Optional[str] = typer.Option(None, help="Calibration text: builtin:NAME, a .txt/.jsonl file, hf:NAME."),
+        samples: Optional[int] = typer.Option(None, help="Calibration samples."),
+        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per calibration sample."),
+        eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Held-out tokens for perplexity."),
+        max_ppl_increase: Optional[float] = typer.Option(
+            None, "--max-ppl-increase", help="Fail if perplexity rises by more than this fraction (0.05 = +5%)."
+        ),
+        device: str = typer.Option("cpu", help="cpu or cuda."),
+    ) -> None:
+        """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
+        spec = load_spec(
+            recipe,
+            {
+                "method": method,
+                "bits": bits,
+                "group_size": _group_size(group_size),
+                "symmetric": symmetric,
+                "desc_act": desc_act,
+                "damp": damp,
+                "alpha": alpha,
+                "calibration.dataset": dataset,
+                "calibration.num_samples": samples,
+                "calibration.seq_len": seq_len,
+                "quality.max_tokens": eval_tokens,
+                "quality.max_ppl_increase": max_ppl_increase,
+            },
+        )
+        from lmi_compile.quantize import REPORT_NAME, quantize
+
+        result = quantize(model_dir, spec, out, device=device)
+        _print_summary(result.report, result.model_dir / REPORT_NAME)
+
+
+def _print_summary(report, report_path: Path) -> None:
+    table = Table(title=f"quantized with {report.method}", show_header=False)
+    table.add_row("settings", ", ".join(f"{k}={v}" for k, v in report.settings.items()))
+    if report.group_size_note:
+        table.add_row("group size", report.group_size_note)
+    if report.calibration:
+        c = report.calibration
+        table.add_row("calibration", f"{c.samples} x {c.seq_len} tokens of {c.source}")
+    if report.perplexity:
+        p = report.perplexity
+        table.add_row("perplexity", f"{p.original:.3f} -> {p.quantized:.3f} ({p.relative_increase:+.2%})")
+    table.add_row("wall time", f"{report.wall_time_s:.1f} s (+{report.evaluation_time_s:.1f} s evaluation)")
+    console = Console()
+    console.print(table)
+    console.print(f"report: {report_path}", soft_wrap=True, highlight=False)

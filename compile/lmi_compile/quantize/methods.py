@@ -1,0 +1,138 @@
+"""The quantization methods, each an llm-compressor recipe run by `oneshot`.
+
+| method      | weights                     | activations              | calibration |
+|-------------|-----------------------------|--------------------------|-------------|
+| awq         | int4/int8, groups, AWQ scales | 16-bit                 | yes         |
+| gptq        | int4/int8, groups, GPTQ     | 16-bit                   | yes         |
+| smoothquant | int8 per channel            | int8 per token, dynamic  | yes         |
+| static_int8 | int8 per channel            | 16-bit                   | no          |
+| rtn         | round-to-nearest baseline for the benchmark (no calibration)          |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lmi_runtime.errors import ConfigError
+from lmi_compile.quantize.groups import IGNORED
+from lmi_compile.quantize.library import cpu_safe, llmcompressor
+
+CALIBRATED = {"awq", "gptq", "smoothquant"}
+GROUPED = {"awq", "gptq", "rtn"}  # methods whose weights are quantized in groups of columns
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a method needs, resolved (no `auto` left). Also what the report records."""
+
+    method: str
+    bits: int
+    group_size: int | None  # None: one scale per output channel
+    symmetric: bool
+    desc_act: bool = False
+    damp: float = 0.01
+    alpha: float = 0.5
+    awq_grid: int = 20
+    awq_duo_scaling: bool | str = True
+
+    @property
+    def activation_bits(self) -> int:
+        return 8 if self.method == "smoothquant" else 16
+
+
+def _scheme(settings: Settings, lc):
+    weights = lc.QuantizationArgs(
+        num_bits=settings.bits,
+        type="int",
+        symmetric=settings.symmetric,
+        strategy="group" if settings.group_size else "channel",
+        group_size=settings.group_size,
+    )
+    activations = None
+    if settings.activation_bits == 8:
+        activations = lc.QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+    return lc.QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)
+
+
+def recipe(settings: Settings) -> list:
+    """llm-compressor modifiers for `settings`; the output head is never quantized."""
+    lc = llmcompressor()
+    groups = {"group_0": _scheme(settings, lc)}
+    ignore = list(IGNORED)
+    match settings.method:
+        case "gptq":
+            return [
+                lc.GPTQModifier(
+                    config_groups=groups,
+                    ignore=ignore,
+                    dampening_frac=settings.damp,
+                    # desc_act in AutoGPTQ's sense: columns in activation order, g_idx stored.
+                    actorder="group" if settings.desc_act else None,
+                )
+            ]
+        case "awq":
+            return [
+                lc.AWQModifier(n_grid=settings.awq_grid, duo_scaling=settings.awq_duo_scaling),
+                lc.QuantizationModifier(config_groups=groups, ignore=ignore),
+            ]
+        case "smoothquant":
+            return [
+                lc.SmoothQuantModifier(smoothing_strength=settings.alpha),
+                lc.QuantizationModifier(config_groups=groups, ignore=ignore),
+            ]
+        case "static_int8" | "rtn":
+            return [lc.QuantizationModifier(config_groups=groups, ignore=ignore)]
+    raise ConfigError(f"unknown quantization method '{settings.method}'")
+
+
+def apply(
+    model: torch.nn.Module,
+    settings: Settings,
+    samples: list[list[int]] | None,
+    on_layer: Callable[[int], None] | None = None,
+) -> None:
+    """Quantize `model` in place (weights stay fake-quantized until `save_pretrained`
+    writes compressed-tensors). `on_layer(i)` is called as decoder layer i starts calibrating."""
+    lc = llmcompressor()
+    kwargs: dict = {}
+    if settings.method in CALIBRATED:
+        if not samples:
+            raise ConfigError(f"{settings.method} needs calibration samples")
+        from datasets import Dataset
+
+        kwargs = dict(
+            dataset=Dataset.from_dict(
+                {"input_ids": samples, "attention_mask": [[1] * len(s) for s in samples]}
+            ),
+            num_calibration_samples=len(samples),
+            max_seq_length=max(len(s) for s in samples),
+            shuffle_calibration_samples=False,
+        )
+    hooks = _layer_hooks(model, on_layer) if on_layer else []
+    try:
+        with cpu_safe():
+            lc.oneshot(model=model, recipe=recipe(settings), **kwargs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _layer_hooks(model: torch.nn.Module, on_layer: Callable[[int], None]) -> list:
+    """The sequential pipeline calibrates one decoder layer at a time: report each start."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        return []
+    seen: set[int] = set()
+
+    def hook_for(index: int):
+        def pre_hook(module, args):
+            if index not in seen:
+                seen.add(index)
+                on_layer(index)
+
+        return pre_hook
+
+    return [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]

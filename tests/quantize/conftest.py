@@ -1,0 +1,48 @@
+"""Each method runs once per test session on the real SmolLM2, with small calibration and
+evaluation so the whole area stays within a few minutes on 2 CPU cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmi_compile.recipe import QuantizeSpec
+
+SMALL = dict(
+    calibration={"num_samples": 8, "seq_len": 128},
+    quality={"max_tokens": 2048, "seq_len": 256},
+)
+METHOD_SETTINGS = {
+    "awq": dict(method="awq", group_size="auto", awq_grid=4),
+    "gptq": dict(method="gptq", group_size=64),
+    "smoothquant": dict(method="smoothquant", alpha=0.5),
+    "static_int8": dict(method="static_int8"),
+}
+
+
+def _small_spec(**settings) -> QuantizeSpec:
+    return QuantizeSpec.model_validate(SMALL | settings)
+
+
+@pytest.fixture()
+def small_spec():
+    """`small_spec(method=..., ...)` -> a QuantizeSpec with the tests' small calibration/eval."""
+    return _small_spec
+
+
+@pytest.fixture(scope="session")
+def quantized(smollm2_dir: Path, tmp_path_factory):
+    """`quantized(method)` -> QuantResult, computed on first use and shared by every test."""
+    from lmi_compile.quantize import quantize
+
+    done: dict = {}
+    root = tmp_path_factory.mktemp("quantized")
+
+    def get(method: str):
+        if method not in done:
+            spec = _small_spec(**METHOD_SETTINGS[method])
+            done[method] = quantize(smollm2_dir, spec, root / method, show_progress=False)
+        return done[method]
+
+    return get

@@ -1,0 +1,65 @@
+"""Every method on the real SmolLM2: the folder reloads in transformers, answers sensibly,
+and its perplexity stays within bounds that a broken quantization would miss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lmi_compile.quantize import REPORT_NAME, QuantReport
+
+# Upper bounds on relative perplexity increase (measured: static_int8 ~+0.5%, smoothquant ~+3%,
+# awq/gptq 4-bit g64 +30..50% with this tiny calibration; RTN int4 sym g64 is ~+50% at 20k tokens).
+MAX_INCREASE = {"static_int8": 0.01, "smoothquant": 0.10, "awq": 0.60, "gptq": 0.60}
+FORMATS = {"awq": "pack-quantized", "gptq": "pack-quantized", "smoothquant": "int-quantized", "static_int8": "pack-quantized"}
+
+
+def greedy_answer(folder, question: str) -> str:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["static_int8", "smoothquant", "gptq", "awq"])
+def test_method_output_reloads_answers_and_keeps_perplexity(quantized, method):
+    result = quantized(method)
+    config = json.loads((result.model_dir / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "compressed-tensors"
+    assert config["format"] == FORMATS[method]
+    assert (result.model_dir / "tokenizer.json").is_file()
+
+    report = QuantReport.load(result.model_dir)
+    assert report == result.report and report.method == method
+    assert report.versions["llmcompressor"] == "0.14.0.1"
+    ppl = report.perplexity
+    assert ppl.quantized > ppl.original * 0.99  # quantization does not make the model better
+    assert ppl.relative_increase < MAX_INCREASE[method], ppl
+    assert report.evaluation.tokens == 2048 and report.memory.cpu_peak_rss_mib > 100
+
+    assert "Paris" in greedy_answer(result.model_dir, "What is the capital of France?")
+
+
+@pytest.mark.slow
+def test_awq_auto_group_size_is_64_and_said_so(quantized):
+    report = quantized("awq").report
+    assert report.settings["group_size"] == 64
+    assert "576" in report.group_size_note and "64" in report.group_size_note
+    assert report.calibration.samples == 8 and report.calibration.tokens == 8 * 128
+
+
+@pytest.mark.slow
+def test_smoothquant_quantizes_activations_per_token(quantized):
+    folder = quantized("smoothquant").model_dir
+    group = json.loads((folder / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
+    assert group["weights"]["num_bits"] == 8 and group["weights"]["strategy"] == "channel"
+    assert group["input_activations"] == group["input_activations"] | {
+        "num_bits": 8, "strategy": "token", "dynamic": True
+    }
