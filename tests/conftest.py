@@ -1,4 +1,5 @@
-"""Fixtures shared by every test area: the real bundled model, converted once per machine."""
+"""Fixtures shared by every test area: the real bundled model (converted once per machine) and
+a real S3-compatible server (SeaweedFS on 127.0.0.1, one per session)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+import uuid
+
 import pytest
+
+import s3server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,3 +37,29 @@ def cli_env() -> dict[str, str]:
 @pytest.fixture()
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    server = s3server.S3Server(tmp_path_factory.mktemp("seaweedfs") / "data")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def s3_env(s3, monkeypatch) -> dict[str, str]:
+    """Point boto3 and s5cmd (this process and subprocesses) at the test server; fail fast."""
+    env = s3.env() | {"LMI_S3_RETRY_COUNT": "0"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "LMI_S3_TOOL", "LMI_S5CMD", "LMI_S3_TRANSFER_LOG"):
+        monkeypatch.delenv(name, raising=False)
+    return env
+
+
+@pytest.fixture()
+def bucket(s3, s3_env) -> str:
+    return s3.create_bucket(f"t-{uuid.uuid4().hex[:12]}")

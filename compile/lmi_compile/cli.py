@@ -12,7 +12,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Keeps `lmi-compile COMMAND` a command group even while only one command is registered."""

@@ -1,0 +1,72 @@
+"""`lmi-compile run` end to end on the real bundled model: quantize with a quality gate,
+compile for the torch target, publish to the real S3 server; and a missed gate publishes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from lmi_runtime.artifact.download import download_artifact
+from lmi_runtime.artifact.folder import read_manifest, verify_folder
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _recipe(tmp_path: Path, out: str, max_ppl_increase: float) -> Path:
+    data = yaml.safe_load((REPO / "recipes" / "smollm2-int8.yaml").read_text())
+    data["quantize"]["quality"] = {"max_tokens": 512, "max_ppl_increase": max_ppl_increase}
+    data["output"] = {"uri": out, "cache_dir": str(tmp_path / "cache")}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _run(python, cli_env, s3_env, recipe: Path) -> subprocess.CompletedProcess:
+    env = cli_env | s3_env
+    return subprocess.run([python, "-m", "lmi_compile", "run", str(recipe)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _keys(s3, bucket: str, prefix: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def test_run_publishes_a_verified_artifact_and_reruns_from_the_cache(tmp_path, python, cli_env, s3, s3_env, bucket):
+    uri = f"s3://{bucket}/smollm2-int8"
+    recipe = _recipe(tmp_path, uri, max_ppl_increase=0.05)
+
+    first = _run(python, cli_env, s3_env, recipe)
+    assert first.returncode == 0, first.stderr
+    assert "quantize: running" in first.stderr and "0 unchanged" in first.stdout
+
+    pulled = tmp_path / "pulled"
+    manifest = download_artifact(uri, pulled)
+    verify_folder(pulled, manifest)
+    assert manifest.target.backend == "torch" and manifest.quantization.method == "static_int8"
+    gate = manifest.quantization.report["perplexity"]
+    assert gate["passed"] and 0 <= gate["relative_increase"] <= 0.05
+    assert {e.path for e in manifest.files["rank0"]} == {"rank0/model.safetensors"}
+    config = json.loads((pulled / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    assert manifest.serving["option.max_rolling_batch_size"] == "8"
+
+    again = _run(python, cli_env, s3_env, recipe)
+    assert again.returncode == 0, again.stderr
+    assert "quantize: cached" in again.stderr and "compile: cached" in again.stderr
+    assert "0 files sent" in again.stdout
+
+
+def test_a_missed_quality_gate_fails_clearly_and_publishes_nothing(tmp_path, python, cli_env, s3, s3_env, bucket):
+    # int8 round-to-nearest raises this model's perplexity by a few tenths of a percent:
+    # a 0.001% threshold must refuse it.
+    recipe = _recipe(tmp_path, f"s3://{bucket}/gated", max_ppl_increase=0.00001)
+    result = _run(python, cli_env, s3_env, recipe)
+    assert result.returncode == 2
+    assert "perplexity" in result.stderr and "Traceback" not in result.stderr
+    assert _keys(s3, bucket, "gated") == []
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(cache.glob("*.json"))  # nothing cached either
