@@ -101,8 +101,8 @@ def test_disconnected_client_frees_its_slot(live, client):
     with httpx.Client(base_url=live.url, timeout=60) as c:
         with c.stream("POST", "/invocations", json={"inputs": "Once upon a time, in a small village,",
                                                      "parameters": {"max_new_tokens": 2000}, "stream": True}) as res:
-            first = next(res.iter_lines())
-            assert json.loads(first)["token"]["id"] >= 0
+            lines = res.iter_lines()  # held: dropping the iterator would already close the connection
+            assert json.loads(next(lines))["token"]["id"] >= 0
             assert live.metric("lmi_running_batch_size") == 1
     end = time.monotonic() + 20
     while live.metric("lmi_running_batch_size") != 0:
