@@ -192,7 +192,7 @@ def main() -> None:
     from rich.table import Table
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    console = Console()
+    console = Console(width=170)
     model_dir = args.model
     if model_dir is None:
         from lmi_compile.sources.bundled import materialize

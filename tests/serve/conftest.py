@@ -82,6 +82,28 @@ def sibling_backend(backend: TorchLlamaBackend, max_batch_size: int) -> Backend:
     return TorchLlamaBackend(backend.model, backend.tokenizer, backend.info, own)
 
 
+class FlakyBackend:
+    """The real backend, but a decode batch holding the poisoned sequence (once it has two
+    tokens) raises, like a kernel crashing on one request's input mid-generation."""
+
+    def __init__(self, inner, poison: int):
+        self.inner, self.poison = inner, poison
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _check(self, seqs):
+        if any(s.prompt_ids[-1] == self.poison for s in seqs):
+            raise RuntimeError("kernel failure")
+
+    def prefill(self, seqs):
+        return self.inner.prefill(seqs)
+
+    def decode(self, seqs):
+        self._check([s for s in seqs if len(s.output_ids) >= 2])  # fails later, mid-decode
+        return self.inner.decode(seqs)
+
+
 @pytest.fixture(scope="session")
 def live(backend) -> Iterator[LiveServer]:
     state = ServerState()

@@ -16,7 +16,7 @@ from lmi_runtime.serve import start_engine
 from lmi_runtime.server.app import create_app
 from lmi_runtime.server.common import ServerState
 
-from .conftest import LiveServer, sibling_backend
+from .conftest import FlakyBackend, LiveServer, sibling_backend
 
 
 def test_openai_client_completion_chat_and_streaming(live, backend, reference):
@@ -145,3 +145,21 @@ def test_ping_is_503_until_loaded(backend):
             assert c.post("/invocations", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}).status_code == 200
         finally:
             state.engine.shutdown()
+
+
+def test_failure_mid_stream_ends_with_error_token(backend):
+    own = sibling_backend(backend, 2)
+    poison = "Water boils at"
+    state = ServerState()
+    start_engine(state, FlakyBackend(own, own.tokenizer(poison)["input_ids"][-1]), EngineConfig(max_batch_size=2))
+    with LiveServer(state) as server:
+        body = {"inputs": poison, "parameters": {"max_new_tokens": 10}, "stream": True}
+        lines = [json.loads(line) for line in httpx.post(f"{server.url}/invocations", json=body).text.splitlines()]
+        assert [line["token"]["id"] >= 0 for line in lines] == [True, True, False]
+        assert lines[-1]["details"]["finish_reason"] == "error" and "kernel failure" in lines[-1]["error"]
+        assert lines[-1]["generated_text"] == "".join(line["token"]["text"] for line in lines)
+        plain = httpx.post(f"{server.url}/invocations", json={"inputs": poison})
+        assert plain.status_code == 500 and "kernel failure" in plain.json()["error"]
+        fine = httpx.post(f"{server.url}/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
+        assert fine.status_code == 200
+    assert own.kv.free_blocks == own.kv.num_blocks - 1

@@ -24,7 +24,7 @@ from lmi_runtime.engine.request import FinishEvent, FinishReason, SamplingParams
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.locate import inspect_folder, resolve_location
 
-from .conftest import free_port
+from .conftest import FlakyBackend, free_port
 
 PROMPT = "The capital of France is"
 
@@ -157,28 +157,6 @@ def test_transformers_fallback_backend(smollm2_dir, reference):
     prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
     results = run_engine(fallback, prompts, 6, max_batch_size=3)
     assert [token_ids(r) for r in results] == [reference(p, 6) for p in prompts]
-
-
-class FlakyBackend:
-    """The real backend, but a decode batch holding the poisoned sequence (once it has two
-    tokens) raises, like a kernel crashing on one request's input mid-generation."""
-
-    def __init__(self, inner, poison: int):
-        self.inner, self.poison = inner, poison
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def _check(self, seqs):
-        if any(s.prompt_ids[-1] == self.poison for s in seqs):
-            raise RuntimeError("kernel failure")
-
-    def prefill(self, seqs):
-        return self.inner.prefill(seqs)
-
-    def decode(self, seqs):
-        self._check([s for s in seqs if len(s.output_ids) >= 2])  # fails later, mid-decode
-        return self.inner.decode(seqs)
 
 
 def test_a_failing_request_fails_alone(backend, reference):

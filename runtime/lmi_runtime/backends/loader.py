@@ -115,7 +115,9 @@ def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
     hf_config = json.loads((files.root / "config.json").read_text())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
-    tokenizer = AutoTokenizer.from_pretrained(files.root, trust_remote_code=config.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        files.root, trust_remote_code=config.trust_remote_code, clean_up_tokenization_spaces=False
+    )
     limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
     if max_len > limit:
