@@ -5,7 +5,9 @@ torch call that releases the GIL inside its kernels, and the loop must keep step
 the HTTP side does. One dedicated thread runs `step()` while there is work and sleeps on a
 condition variable otherwise; the HTTP coroutines only enqueue requests (`submit`, which
 rejects at once when the queue is full or the request can never fit) and read their own
-`asyncio.Queue`, which the thread feeds through `loop.call_soon_threadsafe`. A client that
+`asyncio.Queue`. The thread hands a step's events over in one `loop.call_soon_threadsafe`
+call per event loop (not one per token: on a small CPU every wake-up of the HTTP thread
+takes time from the model's threads). A client that
 goes away closes its stream, which asks the thread to abort the sequence and free its slot
 before the next step.
 
@@ -243,7 +245,7 @@ class RequestStream:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.seq = engine.engine.add_request(
-            prompt_ids, params, lambda ev: loop.call_soon_threadsafe(self._queue.put_nowait, ev)
+            prompt_ids, params, lambda ev: engine.outbox.append((loop, self._queue, ev))
         )
         self.done = False
         engine.wake()
@@ -272,6 +274,7 @@ class AsyncEngine:
         self.engine = engine
         self._cv = threading.Condition()
         self._stopping = False
+        self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []
         self._thread = threading.Thread(target=self._run, name="lmi-engine", daemon=True)
 
     def start(self) -> "AsyncEngine":
@@ -292,6 +295,17 @@ class AsyncEngine:
             self._cv.notify()
         self._thread.join(timeout=30)
         self.engine.fail_all("the server is shutting down")
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the events of the last step to their event loops, one call per loop."""
+        items, self.outbox = self.outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+        for loop, queue, event in items:
+            by_loop.setdefault(loop, []).append((queue, event))
+        for loop, batch in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_put_all, batch)
 
     def _run(self) -> None:
         while True:
@@ -305,3 +319,9 @@ class AsyncEngine:
             except Exception as err:  # noqa: BLE001 - keep serving; fail what was in flight
                 log.exception("engine step failed")
                 self.engine.fail_all(f"{type(err).__name__}: {err}")
+            self._deliver()
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in batch:
+        queue.put_nowait(event)
