@@ -1,0 +1,1 @@
+"""Model backends behind the engine's `Backend` interface (see `base.py`)."""

@@ -1,0 +1,64 @@
+"""The contract between the engine core and a model backend.
+
+The engine owns requests, scheduling, sampling and text; a backend owns the weights, the KV
+cache and how a batch is run. The split follows vLLM v1 (scheduler / KV-cache manager / model
+runner) so that a paged cache with CUDA graphs, or an engine with its own in-flight batching
+(TensorRT-LLM, Neuron), can sit behind the same four calls:
+
+- `reserve(seq)` before a sequence joins the running batch: claim KV-cache room for its whole
+  length (prompt + max_new_tokens) or say no, so a running sequence never runs out mid-way;
+- `prefill(seqs)` runs the prompts of newly admitted sequences, `decode(seqs)` one step for
+  sequences whose last token is not in the cache yet; both return next-token logits, one row
+  per sequence;
+- `free(seq)` gives the room back (finished, cancelled or failed).
+
+Both `prefill` and `decode` must be idempotent for a sequence whose token list did not change
+(the engine re-runs sequences one by one after a batch raised, to fail only the culprit), and
+must not change the cache's view of a sequence other than writing its own positions.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+
+from lmi_runtime.engine.request import Sequence
+
+
+@dataclass
+class ModelInfo:
+    """What the engine and the HTTP layer need to know about a loaded model."""
+
+    name: str
+    max_model_len: int
+    eos_token_ids: set[int]
+    vocab_size: int
+    details: dict[str, str] = field(default_factory=dict)  # backend, dtype, device, quantization
+
+
+class Backend(ABC):
+    info: ModelInfo
+    tokenizer: object  # a transformers tokenizer: encode/decode/apply_chat_template
+    device: torch.device
+
+    @abstractmethod
+    def max_reservable_tokens(self) -> int:
+        """The most tokens one sequence can ever hold here (for rejecting requests up front)."""
+
+    @abstractmethod
+    def reserve(self, seq: Sequence) -> bool:
+        """Claim cache room for `seq.total_tokens`; False when not available right now."""
+
+    @abstractmethod
+    def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Run each sequence's uncached tokens; logits of its last token, [len(seqs), vocab]."""
+
+    @abstractmethod
+    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        """One step: feed each sequence's last token; next-token logits, [len(seqs), vocab]."""
+
+    @abstractmethod
+    def free(self, seq: Sequence) -> None:
+        """Release everything held for `seq` (safe to call twice)."""

@@ -1,0 +1,158 @@
+"""Load a model folder into a backend: the compact torch model for the Llama family, the
+transformers implementation for everything else (or when asked for).
+
+Quantized checkpoints in compressed-tensors format (what `lmi-compile quantize` writes) are
+dequantized on load through transformers + compressed-tensors (`run_compressed=False`) and
+served as dense weights: they load and give the quantized model's outputs, without its memory
+or speed gains. Quantized kernels are later work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import torch
+from safetensors.torch import load_file
+
+from lmi_runtime.backends.base import Backend, ModelInfo
+from lmi_runtime.backends.kv_cache import BlockKVCache
+from lmi_runtime.backends.llama_model import (
+    LlamaArgs,
+    LlamaForCausalLM,
+    UnsupportedArchitecture,
+    rope_inv_freq,
+)
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.errors import ConfigError, ModelFolderError
+from lmi_runtime.locate import ModelFiles
+
+log = logging.getLogger("lmi_runtime.loader")
+DEFAULT_MAX_LEN = 4096
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from err
+
+
+def resolve_dtype(name: str, hf_config: dict, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cpu":
+            return torch.float32  # half precision matmuls are slow or missing on many CPUs
+        name = str(hf_config.get("dtype") or hf_config.get("torch_dtype") or "float16")
+    if name not in DTYPES:
+        raise ConfigError(f"unsupported dtype '{name}'", hint=f"use one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _eos_ids(files: ModelFiles, hf_config: dict, tokenizer) -> set[int]:
+    gen_path = files.root / "generation_config.json"
+    value = json.loads(gen_path.read_text()).get("eos_token_id") if gen_path.is_file() else None
+    if value is None:
+        value = hf_config.get("eos_token_id", tokenizer.eos_token_id)
+    return set(value if isinstance(value, list) else [value]) - {None}
+
+
+def _is_compressed(hf_config: dict) -> bool:
+    quant = hf_config.get("quantization_config") or {}
+    return quant.get("quant_method") == "compressed-tensors"
+
+
+def _hf_model(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    if _is_compressed(hf_config):
+        from transformers import CompressedTensorsConfig
+
+        kwargs["quantization_config"] = CompressedTensorsConfig(run_compressed=False)
+    with files.hf_folder() as folder:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+
+
+def _state_dict(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict) -> dict:
+    if hf_config.get("quantization_config") and not _is_compressed(hf_config):
+        method = hf_config["quantization_config"].get("quant_method")
+        raise ModelFolderError(
+            f"quantization method '{method}' is not supported by the torch backend",
+            hint="quantize to compressed-tensors with lmi-compile, or use --backend transformers",
+        )
+    if _is_compressed(hf_config):
+        return _hf_model(files, config, dtype, hf_config).state_dict()
+    state: dict = {}
+    for path in files.weights:
+        state.update(load_file(str(path)))
+    return state
+
+
+def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+    with torch.device("meta"):
+        model = LlamaForCausalLM(args)
+    wanted = {k for k in model.state_dict() if not (k == "lm_head.weight" and args.tie_word_embeddings)}
+    missing = sorted(wanted - state.keys())
+    if missing:
+        raise ModelFolderError(
+            f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}",
+            hint="check that the weights match config.json",
+        )
+    weights = {k: state[k].to(dtype) for k in wanted}
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.tie_weights()
+    model.inv_freq = rope_inv_freq(args)  # a buffer built on the meta device above
+    return model.to(device).eval()
+
+
+def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
+    from transformers import AutoTokenizer
+
+    hf_config = json.loads((files.root / "config.json").read_text())
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, hf_config, device)
+    tokenizer = AutoTokenizer.from_pretrained(
+        files.root, trust_remote_code=config.trust_remote_code, clean_up_tokenization_spaces=False
+    )
+    limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
+    max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
+    if max_len > limit:
+        raise ConfigError(f"max_model_len {max_len} exceeds the model's max_position_embeddings {limit}")
+    name = config.served_model_name or files.root.name
+    quant = (hf_config.get("quantization_config") or {}).get("quant_method", "none")
+    details = {"dtype": str(dtype).removeprefix("torch."), "device": str(device), "quantization": quant}
+
+    args = None
+    if config.backend != "transformers":
+        try:
+            args = LlamaArgs.from_hf(hf_config)
+        except UnsupportedArchitecture as err:
+            if config.backend == "torch":
+                raise ModelFolderError(str(err), hint="use --backend transformers (or auto)") from err
+            log.info("%s; using the transformers backend", err)
+    if args is None:
+        from lmi_runtime.backends.hf_backend import TransformersBackend
+
+        model = _hf_model(files, config, dtype, hf_config).to(device)
+        info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
+                         {**details, "backend": "transformers"})
+        return TransformersBackend(model, tokenizer, info, device)
+
+    if args.sliding_window:
+        max_len = min(max_len, args.sliding_window)  # exact attention within the window
+    model = _build_llama(args, _state_dict(files, config, dtype, hf_config), dtype, device)
+    per_token = BlockKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
+    block = config.kv_block_size
+    useful = config.max_batch_size * math.ceil(max_len / block) + 1
+    budget = int(config.kv_cache_gib * 2**30) // (per_token * block)
+    num_blocks = max(2, min(useful, budget))
+    kv = BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, num_blocks, block, dtype, device)
+    info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
+                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.capacity_tokens)})
+    from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+
+    return TorchLlamaBackend(model, tokenizer, info, kv)

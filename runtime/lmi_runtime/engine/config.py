@@ -1,0 +1,36 @@
+"""The engine's own settings. `lmi-serve` builds one from CLI options with the LMI environment
+names as fallbacks (see `lmi_runtime.serve_options`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 256  # MAX_BATCH_SIZE / option.max_rolling_batch_size: running sequences
+    max_queue: int = 1000  # MAX_CONCURRENT_REQUESTS / job_queue_size: waiting requests
+    max_model_len: int | None = None  # prompt + output tokens; None: min(max_position_embeddings, 4096)
+    max_new_tokens: int = 30  # default when a request does not say (LMI's default)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: the checkpoint's, float32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    backend: str = "auto"  # auto | torch | transformers
+    kv_cache_gib: float = 2.0  # memory for the KV-cache pool (torch backend)
+    kv_block_size: int = 16
+    trust_remote_code: bool = False
+    served_model_name: str | None = None
+
+    def __post_init__(self) -> None:
+        from lmi_runtime.errors import ConfigError
+
+        for name in ("max_batch_size", "max_queue", "max_new_tokens", "kv_block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ConfigError(f"max_model_len must be at least 2, got {self.max_model_len}")
+        if self.kv_cache_gib <= 0:
+            raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+        if self.backend not in ("auto", "torch", "transformers"):
+            raise ConfigError(
+                f"unknown backend '{self.backend}'", hint="use one of: auto, torch, transformers"
+            )

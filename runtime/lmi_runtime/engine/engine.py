@@ -1,0 +1,327 @@
+"""The engine: a synchronous `LLMEngine.step()` and `AsyncEngine`, its asyncio face.
+
+Why a background thread (and not an asyncio task with an executor): a step is a blocking
+torch call that releases the GIL inside its kernels, and the loop must keep stepping whatever
+the HTTP side does. One dedicated thread runs `step()` while there is work and sleeps on a
+condition variable otherwise; the HTTP coroutines only enqueue requests (`submit`, which
+rejects at once when the queue is full or the request can never fit) and read their own
+`asyncio.Queue`. The thread hands a step's events over in one `loop.call_soon_threadsafe`
+call per event loop (not one per token: on a small CPU every wake-up of the HTTP thread
+takes time from the model's threads). A client that
+goes away closes its stream, which asks the thread to abort the sequence and free its slot
+before the next step.
+
+A step: drop aborted sequences; admit waiting ones (continuous batching); prefill the newly
+admitted; run one batched decode step over the others; sample; emit one event per sequence.
+A batch that raises is re-run one sequence at a time so that only the failing request ends
+with `finish_reason="error"` while the rest of the batch carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, TypeVar
+
+import torch
+
+from lmi_runtime.backends.base import Backend
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from lmi_runtime.engine.request import (
+    FinishEvent,
+    FinishReason,
+    RequestRejected,
+    SamplingParams,
+    Sequence,
+    TokenEvent,
+)
+from lmi_runtime.engine.sampler import make_generator, sample
+from lmi_runtime.engine.scheduler import Scheduler
+from lmi_runtime.metrics import Counter, Gauge, Histogram, Registry
+
+log = logging.getLogger("lmi_runtime.engine")
+Event = TokenEvent | FinishEvent
+T = TypeVar("T")
+R = TypeVar("R")
+
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class _Active:
+    """Engine-side state of one running request."""
+
+    seq: Sequence
+    sink: Callable[[Event], None]
+    detok: IncrementalDetokenizer
+    stopper: StopMatcher
+    generator: torch.Generator | None
+    text: list[str] = field(default_factory=list)
+
+
+class EngineMetrics:
+    def __init__(self, scheduler: Scheduler, registry: Registry):
+        self.registry = registry
+        registry.add(Gauge("lmi_queue_depth", "Requests waiting for a slot.", lambda: scheduler.num_waiting))
+        registry.add(Gauge("lmi_running_batch_size", "Sequences in the running batch.", lambda: scheduler.num_running))
+        self.generated = registry.add(Counter("lmi_generated_tokens_total", "Tokens generated."))
+        self.prompt = registry.add(Counter("lmi_prompt_tokens_total", "Prompt tokens prefilled."))
+        self.finished = registry.add(Counter("lmi_engine_requests_finished_total", "Sequences finished, by reason."))
+        self.ttft = registry.add(Histogram("lmi_time_to_first_token_seconds", "Arrival to first token.", TTFT_BUCKETS))
+        self.batch = registry.add(Histogram("lmi_decode_batch_size", "Sequences per decode step.", BATCH_BUCKETS))
+
+
+class LLMEngine:
+    def __init__(self, backend: Backend, config: EngineConfig, registry: Registry | None = None):
+        self.backend = backend
+        self.config = config
+        self.scheduler = Scheduler(config.max_batch_size, config.max_queue, backend.reserve)
+        self.metrics = EngineMetrics(self.scheduler, registry or Registry())
+        self._active: dict[int, _Active] = {}
+        self._aborts: set[int] = set()
+        self._abort_lock = threading.Lock()
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(
+        self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]
+    ) -> Sequence:
+        """Validate and enqueue; raise RequestRejected (with an HTTP status) when impossible."""
+        limit = min(self.backend.info.max_model_len, self.backend.max_reservable_tokens())
+        if not prompt_ids:
+            raise RequestRejected("the prompt is empty", status=400, hint="send some text in 'inputs'")
+        if len(prompt_ids) >= limit:
+            raise RequestRejected(
+                f"the prompt has {len(prompt_ids)} tokens; this model accepts at most {limit - 1} "
+                f"(max_model_len {limit}, at least one token must be generated)",
+                status=413,
+                hint="shorten the prompt",
+            )
+        wanted = params.max_new_tokens or self.config.max_new_tokens
+        if wanted > limit:
+            raise RequestRejected(
+                f"max_new_tokens is {wanted}; this model holds at most {limit} tokens in all",
+                status=422,
+                hint=f"ask for at most {limit - len(prompt_ids)} new tokens for this prompt",
+            )
+        seq = Sequence(prompt_ids, params, max_new_tokens=min(wanted, limit - len(prompt_ids)))
+        tokenizer = self.backend.tokenizer
+        self._active[seq.seq_id] = _Active(
+            seq,
+            sink,
+            IncrementalDetokenizer(tokenizer, prompt_ids),  # type: ignore[arg-type]
+            StopMatcher(params.stop),
+            make_generator(params, self.backend.device),
+        )
+        try:
+            self.scheduler.add(seq)
+        except RequestRejected:
+            del self._active[seq.seq_id]
+            raise
+        return seq
+
+    def abort(self, seq_id: int) -> None:
+        with self._abort_lock:
+            self._aborts.add(seq_id)
+
+    def has_work(self) -> bool:
+        return bool(self.scheduler.num_waiting or self.scheduler.num_running or self._aborts)
+
+    # ---- one iteration --------------------------------------------------------------------
+    def step(self) -> None:
+        self._drop_aborted()
+        decoding = list(self.scheduler.running)
+        admitted = self.scheduler.admit()
+        if admitted:
+            self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
+            self._forward_and_sample(self.backend.prefill, admitted)
+        if decoding:
+            self.metrics.batch.observe(len(decoding))
+            self._forward_and_sample(self.backend.decode, decoding)
+
+    def _forward_and_sample(self, forward: Callable[[list[Sequence]], torch.Tensor], seqs: list[Sequence]) -> None:
+        rows = self._isolated(seqs, lambda batch: list(forward(batch)))
+        ready = [(seq, row) for seq, row in zip(seqs, rows) if row is not None]
+        if not ready:
+            return
+
+        def pick(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[int, float]]:
+            batch = [s for s, _ in pairs]
+            gens = {s.seq_id: self._active[s.seq_id].generator for s in batch}
+            ids, logprobs = sample(torch.stack([r for _, r in pairs]), batch, gens)
+            return list(zip(ids, logprobs))
+
+        for (seq, _), picked in zip(ready, self._isolated(ready, pick)):
+            if picked is not None:
+                self._append(seq, *picked)
+
+    def _isolated(self, items: list[T], fn: Callable[[list[T]], list[R]]) -> list[R | None]:
+        """Run `fn` on the whole batch; if it raises, run it item by item and fail only the
+        items that raise alone (None in their place)."""
+        try:
+            return list(fn(items))
+        except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
+            if len(items) == 1:
+                self._fail(items[0], self._error_text())
+                return [None]
+            log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
+        results: list[R | None] = []
+        for item in items:
+            try:
+                results.append(fn([item])[0])
+            except Exception:  # noqa: BLE001
+                self._fail(item, self._error_text())
+                results.append(None)
+        return results
+
+    @staticmethod
+    def _error_text() -> str:
+        """Describe the exception being handled (called inside an `except` block)."""
+        err = sys.exc_info()[1]
+        log.exception("request failed")
+        return f"{type(err).__name__}: {err}"
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+        state = self._active[seq.seq_id]
+        seq.output_ids.append(token)
+        self.metrics.generated.inc()
+        if seq.first_token_at is None:
+            seq.first_token_at = time.monotonic()
+            self.metrics.ttft.observe(seq.first_token_at - seq.arrival)
+        text = state.detok.add(token)
+        finish = None
+        if token in self.backend.info.eos_token_ids:
+            finish = FinishReason.EOS
+        elif len(seq.output_ids) >= seq.max_new_tokens:
+            finish = FinishReason.LENGTH
+        if finish:
+            text += state.detok.flush()
+        released, hit_stop = state.stopper.feed(text)
+        if hit_stop:
+            finish = FinishReason.STOP
+        elif finish:
+            released += state.stopper.flush()
+        state.text.append(released)
+        state.sink(TokenEvent(token, released, logprob))
+        if finish:
+            self._finish(seq, finish)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        state = self._active.pop(seq.seq_id, None)
+        self.scheduler.remove(seq)
+        self.backend.free(seq)
+        if state is None:
+            return
+        seq.finish_reason = reason
+        self.metrics.finished.inc(reason=reason.value)
+        state.sink(FinishEvent(reason, "".join(state.text), len(seq.prompt_ids), len(seq.output_ids), error))
+
+    def _fail(self, seq: Sequence, error: str) -> None:
+        self._finish(seq, FinishReason.ERROR, error)
+
+    def _drop_aborted(self) -> None:
+        with self._abort_lock:
+            aborted, self._aborts = self._aborts, set()
+        for seq_id in aborted:
+            state = self._active.get(seq_id)
+            if state is not None:
+                self._finish(state.seq, FinishReason.CANCELLED)
+
+    def fail_all(self, error: str) -> None:
+        for state in list(self._active.values()):
+            self._fail(state.seq, error)
+
+
+class RequestStream:
+    """The events of one request, as an async iterator; closing it early cancels the request."""
+
+    def __init__(self, engine: "AsyncEngine", prompt_ids: list[int], params: SamplingParams):
+        self._engine = engine
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self.seq = engine.engine.add_request(
+            prompt_ids, params, lambda ev: engine.outbox.append((loop, self._queue, ev))
+        )
+        self.done = False
+        engine.wake()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        try:
+            while not self.done:
+                event = await self._queue.get()
+                self.done = isinstance(event, FinishEvent)
+                yield event
+        finally:
+            self.cancel()
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self._engine.engine.abort(self.seq.seq_id)
+            self._engine.wake()
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._cv = threading.Condition()
+        self._stopping = False
+        self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []
+        self._thread = threading.Thread(target=self._run, name="lmi-engine", daemon=True)
+
+    def start(self) -> "AsyncEngine":
+        self._thread.start()
+        return self
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestStream:
+        """Enqueue now (raises RequestRejected); iterate the result for events."""
+        return RequestStream(self, prompt_ids, params)
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+        self.engine.fail_all("the server is shutting down")
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Hand the events of the last step to their event loops, one call per loop."""
+        items, self.outbox = self.outbox, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Event]]] = {}
+        for loop, queue, event in items:
+            by_loop.setdefault(loop, []).append((queue, event))
+        for loop, batch in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_put_all, batch)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self.engine.has_work():
+                    self._cv.wait()
+                if self._stopping:
+                    return
+            try:
+                self.engine.step()
+            except Exception as err:  # noqa: BLE001 - keep serving; fail what was in flight
+                log.exception("engine step failed")
+                self.engine.fail_all(f"{type(err).__name__}: {err}")
+            self._deliver()
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, Event]]) -> None:
+    for queue, event in batch:
+        queue.put_nowait(event)

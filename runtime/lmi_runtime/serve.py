@@ -1,0 +1,37 @@
+"""Loading a model into a running server: folder → backend → engine thread → ServerState."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from lmi_runtime.backends.base import Backend
+from lmi_runtime.backends.loader import load_backend
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.engine import AsyncEngine, LLMEngine
+from lmi_runtime.locate import inspect_folder
+from lmi_runtime.server.common import ServerState
+
+log = logging.getLogger("lmi_runtime.serve")
+
+
+def load_into(state: ServerState, location: Path, config: EngineConfig) -> AsyncEngine:
+    """Load the model at `location` and make `state` serve it; returns the started engine."""
+    started = time.perf_counter()
+    backend = load_backend(inspect_folder(location), config)
+    engine = start_engine(state, backend, config)
+    log.info(
+        "loaded %s in %.1f s (%s); max batch %d, queue %d, max_model_len %d",
+        location, time.perf_counter() - started,
+        ", ".join(f"{k} {v}" for k, v in backend.info.details.items()),
+        config.max_batch_size, config.max_queue, backend.info.max_model_len,
+    )
+    return engine
+
+
+def start_engine(state: ServerState, backend: Backend, config: EngineConfig) -> AsyncEngine:
+    """Start the engine thread over a loaded backend and publish it in `state` (/ping → 200)."""
+    engine = AsyncEngine(LLMEngine(backend, config, state.registry)).start()
+    state.info, state.tokenizer, state.engine = backend.info, backend.tokenizer, engine
+    return engine

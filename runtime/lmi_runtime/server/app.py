@@ -1,0 +1,73 @@
+"""The FastAPI application. It answers /ping with 503 until `ServerState.engine` is set, so
+SageMaker's health check sees a live server while the model loads."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from lmi_runtime import __version__
+from lmi_runtime.metrics import Counter
+from lmi_runtime.server import lmi, openai_api
+from lmi_runtime.server.common import HTTPError, ServerState
+
+log = logging.getLogger("lmi_runtime.server")
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class RequestCounter:
+    """ASGI middleware counting responses by path and status (pure ASGI, so it does not get
+    in the way of streaming or of noticing a client that left)."""
+
+    def __init__(self, app, counter: Counter):
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = {"code": 500}
+
+        async def record(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            self.counter.inc(path=scope["path"], status=str(status["code"]))
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="lmi-serve", version=__version__)
+    requests = state.registry.add(Counter("lmi_requests_total", "HTTP requests by path and status."))
+    app.add_middleware(RequestCounter, counter=requests)
+    app.state.lmi = state
+
+    @app.exception_handler(HTTPError)
+    async def http_error(_: Request, err: HTTPError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}"}, status_code=500)
+
+    @app.get("/ping")
+    async def ping() -> JSONResponse:
+        if state.engine is None:
+            return JSONResponse({"status": "loading" if not state.load_error else "failed",
+                                 **({"error": state.load_error} if state.load_error else {})}, status_code=503)
+        return JSONResponse({"status": "healthy", "model": state.info.name if state.info else None})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return PlainTextResponse(state.registry.render(), media_type=PROMETHEUS)
+
+    router = APIRouter()
+    lmi.register(router, state)
+    openai_api.register(router, state)
+    app.include_router(router)
+    return app

@@ -1,0 +1,228 @@
+"""Loading what lmi-serve is given: an artifact with weights under rank0/, a compressed-tensors
+quantized checkpoint, the transformers fallback backend, the CLI end to end, and a failing
+request that must fail alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from lmi_runtime.artifact.manifest import FileEntry, Manifest, ModelInfo, TargetInfo
+from lmi_runtime.backends.loader import load_backend
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.engine import LLMEngine
+from lmi_runtime.engine.request import FinishEvent, FinishReason, SamplingParams, TokenEvent
+from lmi_runtime.errors import ArtifactError, ModelFolderError
+from lmi_runtime.locate import inspect_folder, resolve_location
+
+from .conftest import FlakyBackend, free_port
+
+PROMPT = "The capital of France is"
+
+
+def run_engine(backend, prompts: list[str], n: int, **config) -> list[list]:
+    engine = LLMEngine(backend, EngineConfig(**config))
+    events: list[list] = [[] for _ in prompts]
+    for prompt, sink in zip(prompts, events):
+        engine.add_request(backend.tokenizer(prompt)["input_ids"], SamplingParams(max_new_tokens=n), sink.append)
+    while engine.has_work():
+        engine.step()
+    return events
+
+
+def token_ids(events: list) -> tuple[int, ...]:
+    return tuple(e.id for e in events if isinstance(e, TokenEvent))
+
+
+@pytest.fixture(scope="module")
+def artifact(smollm2_dir, tmp_path_factory) -> Path:
+    """An artifact root: config + tokenizer at the root, the weights under rank0/."""
+    root = tmp_path_factory.mktemp("artifact")
+    shared, rank0 = [], []
+    for item in smollm2_dir.iterdir():
+        if item.suffix == ".safetensors":
+            (root / "rank0").mkdir(exist_ok=True)
+            target = root / "rank0" / item.name
+            target.symlink_to(item)
+            rank0.append(target)
+        else:
+            shutil.copy(item, root / item.name)
+            shared.append(root / item.name)
+
+    def entry(path: Path) -> FileEntry:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return FileEntry(path=path.relative_to(root).as_posix(), size=path.stat().st_size, sha256=digest)
+
+    manifest = Manifest(model=ModelInfo(source="bundled://smollm2", architecture="LlamaForCausalLM"),
+                        target=TargetInfo(backend="torch"),
+                        files={"shared": [entry(p) for p in shared], "rank0": [entry(p) for p in rank0]})
+    (root / "lmi-artifact.json").write_text(manifest.model_dump_json(indent=2))
+    return root
+
+
+def test_artifact_with_rank0_weights_loads(artifact, reference):
+    files = inspect_folder(artifact)
+    assert files.root == artifact.resolve() and [w.parent.name for w in files.weights] == ["rank0"]
+    with files.hf_folder() as folder:
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    backend = load_backend(files, EngineConfig(max_batch_size=2))
+    assert token_ids(run_engine(backend, [PROMPT], 8)[0]) == reference(PROMPT, 8)
+
+
+def test_artifact_problems_are_refused(artifact, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(artifact, broken, symlinks=True)
+    manifest = json.loads((broken / "lmi-artifact.json").read_text())
+    manifest["target"]["backend"] = "trtllm"
+    (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="compiled for the 'trtllm' backend"):
+        inspect_folder(broken)
+    manifest["target"]["backend"] = "torch"
+    manifest["files"]["rank0"][0]["path"] = "../../etc/passwd"
+    (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="unsafe path"):
+        inspect_folder(broken)
+    (broken / "rank0" / "model.safetensors").unlink()
+    manifest["files"]["rank0"][0]["path"] = "rank0/model.safetensors"
+    (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="missing or has the wrong size"):
+        inspect_folder(broken)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ModelFolderError, match="no safetensors") as err:
+        inspect_folder(pickled)
+    assert "pickle" in err.value.hint
+
+
+def test_resolve_location(tmp_path, monkeypatch):
+    monkeypatch.setattr("lmi_runtime.locate.SAGEMAKER_MODEL_DIR", tmp_path / "absent")
+    assert resolve_location(None, env={"HF_MODEL_ID": str(tmp_path)}) == tmp_path
+    assert resolve_location(str(tmp_path)) == tmp_path
+    with pytest.raises(ModelFolderError, match="HF_MODEL_ID is unset"):
+        resolve_location(None, env={})
+    with pytest.raises(ModelFolderError, match="remote location"):
+        resolve_location("s3://bucket/model")
+    with pytest.raises(ModelFolderError, match="not a folder"):
+        resolve_location(str(tmp_path / "nope"))
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(smollm2_dir, tmp_path_factory) -> Path:
+    """A real compressed-tensors int4 g64 checkpoint made with llm-compressor (round to nearest)."""
+    pytest.importorskip("llmcompressor")
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("w4g64")
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    weights = {"num_bits": 4, "type": "int", "symmetric": True, "strategy": "group", "group_size": 64}
+    oneshot(model=model, recipe=QuantizationModifier(config_groups={"g": {"targets": ["Linear"], "weights": weights}},
+                                                     ignore=["lm_head"]))
+    model.save_pretrained(out, save_compressed=True)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
+    return out
+
+
+def test_compressed_tensors_checkpoint_loads_dequantized(quantized_dir, backend, reference):
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    quantized = load_backend(inspect_folder(quantized_dir), EngineConfig(max_batch_size=2))
+    assert quantized.info.details["quantization"] == "compressed-tensors"
+    hf = AutoModelForCausalLM.from_pretrained(quantized_dir, dtype=torch.float32,
+                                              quantization_config=CompressedTensorsConfig(run_compressed=False))
+    ids = quantized.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    expected = tuple(hf.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist())
+    got = token_ids(run_engine(quantized, [PROMPT], 8)[0])
+    assert got == expected
+    q_proj = quantized.model.model.layers[0].self_attn.q_proj.weight
+    dense = backend.model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(q_proj, dense)  # the quantized weights, not the original ones
+
+
+def test_transformers_fallback_backend(smollm2_dir, reference):
+    fallback = load_backend(inspect_folder(smollm2_dir), EngineConfig(backend="transformers", max_batch_size=3))
+    assert fallback.info.details["backend"] == "transformers"
+    prompts = ["The capital of France is", "def fibonacci(n):", "Water boils at"]
+    results = run_engine(fallback, prompts, 6, max_batch_size=3)
+    assert [token_ids(r) for r in results] == [reference(p, 6) for p in prompts]
+
+
+def test_a_failing_request_fails_alone(backend, reference):
+    from .conftest import sibling_backend
+
+    own = sibling_backend(backend, 3)
+    poison_prompt = "Water boils at"
+    flaky = FlakyBackend(own, own.tokenizer(poison_prompt)["input_ids"][-1])
+    prompts = [PROMPT, poison_prompt, "def fibonacci(n):"]
+    engine = LLMEngine(flaky, EngineConfig(max_batch_size=3))  # type: ignore[arg-type]
+    events: list[list] = [[] for _ in prompts]
+    for prompt, sink in zip(prompts, events):
+        engine.add_request(own.tokenizer(prompt)["input_ids"], SamplingParams(max_new_tokens=6), sink.append)
+    while engine.has_work():
+        engine.step()
+    finals = [e[-1] for e in events]
+    assert all(isinstance(f, FinishEvent) for f in finals)
+    assert finals[1].reason == FinishReason.ERROR and "kernel failure" in finals[1].error
+    assert len(token_ids(events[1])) == 2  # it failed mid-way, after two tokens
+    assert [token_ids(events[i]) for i in (0, 2)] == [reference(prompts[i], 6) for i in (0, 2)]
+    assert own.kv.free_blocks == own.kv.num_blocks - 1  # every block back in the pool
+
+
+def test_lmi_serve_cli_end_to_end(artifact, cli_env, python, tmp_path):
+    port = free_port()
+    env = {**cli_env, "MAX_BATCH_SIZE": "4", "OPTION_MAX_MODEL_LEN": "512"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([python, "-m", "lmi_runtime", str(artifact), "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.25)
+        res = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 3}})
+        assert res.json() == {"generated_text": " Paris.\n"}
+        too_long = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": "hi " * 600})
+        assert too_long.status_code == 413 and "at most 511" in too_long.json()["error"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "loaded" in text and "max batch 4" in text and "max_model_len 512" in text
+
+
+def flat(text: str) -> str:
+    """Rich wraps long lines; compare with whitespace collapsed."""
+    return " ".join(text.split())
+
+
+def test_lmi_serve_cli_errors(cli_env, python, tmp_path):
+    missing = subprocess.run([python, "-m", "lmi_runtime", str(tmp_path / "nope")], env=cli_env,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "is not a folder" in flat(missing.stderr)
+    env = {**cli_env, "MAX_BATCH_SIZE": "lots"}
+    bad_env = subprocess.run([python, "-m", "lmi_runtime", str(tmp_path)], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert bad_env.returncode == 2 and "MAX_BATCH_SIZE='lots'" in flat(bad_env.stderr)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    no_weights = subprocess.run([python, "-m", "lmi_runtime", str(tmp_path), "--port", str(free_port())],
+                                env={**cli_env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=60)
+    assert no_weights.returncode == 2 and "no safetensors weights" in flat(no_weights.stderr)

@@ -1,0 +1,116 @@
+"""Engine parts on their own: detokenizer (with the real tokenizer), stop matching, scheduler
+queue limit, sampler, metrics text, configuration precedence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from lmi_runtime.engine.request import QueueFull, SamplingParams, Sequence
+from lmi_runtime.engine.sampler import filter_top_k_top_p, make_generator, sample
+from lmi_runtime.engine.scheduler import Scheduler
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.metrics import Counter, Histogram, Registry
+from lmi_runtime.serve_options import engine_config
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.mark.parametrize("text", ["Hello 👋 world 🎉🎉!", "日本語のテキスト、中文字符 and ünïcödé", "ok 🧑‍🚀 done"])
+def test_incremental_detokenizer_is_utf8_safe(tokenizer, text):
+    prompt = tokenizer("Say:")["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    naive = [tokenizer.decode([i]) for i in ids]
+    assert any("\ufffd" in piece for piece in naive), "the text must split characters across tokens"
+    detok = IncrementalDetokenizer(tokenizer, prompt)
+    pieces = [detok.add(i) for i in ids] + [detok.flush()]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == text
+    assert "" in pieces[:-1]  # something was held back until its character was complete
+
+
+def test_stop_matcher_holds_back_and_cuts():
+    stop = StopMatcher(["END", "\n\n"])
+    assert stop.feed("abc E") == ("abc ", False)  # "E" may begin "END"
+    assert stop.feed("N") == ("", False)
+    assert stop.feed("Xyz") == ("ENXyz", False)  # not a stop after all: released
+    assert stop.feed("1\n") == ("1", False)
+    assert stop.feed("\nmore") == ("", True)  # stop found, its text and what follows dropped
+    assert StopMatcher([]).feed("x\n\n") == ("x\n\n", False)
+    tail = StopMatcher(["END"])
+    assert tail.feed("fin E") == ("fin ", False) and tail.flush() == "E"
+
+
+def test_scheduler_rejects_when_queue_full_and_admits_fifo():
+    room = {"free": 2}
+
+    def reserve(seq: Sequence) -> bool:
+        if room["free"] == 0:
+            return False
+        room["free"] -= 1
+        return True
+
+    sched = Scheduler(max_batch_size=4, max_queue=3, reserve=reserve)
+    seqs = [Sequence([1, 2], SamplingParams(), 4) for _ in range(3)]
+    for seq in seqs:
+        sched.add(seq)
+    with pytest.raises(QueueFull) as err:
+        sched.add(Sequence([1], SamplingParams(), 4))
+    assert err.value.status == 503 and "MAX_CONCURRENT_REQUESTS" in err.value.message
+    assert sched.admit() == seqs[:2]  # KV room for two only
+    assert sched.num_running == 2 and sched.num_waiting == 1
+    sched.remove(seqs[0])
+    room["free"] += 1
+    assert sched.admit() == [seqs[2]]
+
+
+def test_sampler_greedy_penalty_and_seeds():
+    logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 0.3]])
+    greedy = Sequence([1], SamplingParams(), 4)
+    penalized = Sequence([1], SamplingParams(repetition_penalty=10.0), 4)
+    ids, logprobs = sample(logits, [greedy, penalized], {greedy.seq_id: None, penalized.seq_id: None})
+    assert ids == [1, 0]  # token 1 seen in the prompt: 0.1 / 10 loses to 0.5
+    assert logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
+    params = SamplingParams(do_sample=True, seed=7, temperature=1.5)
+    draws = []
+    for _ in range(2):
+        seq = Sequence([0], params, 4)
+        gen = make_generator(params, torch.device("cpu"))
+        draws.append([sample(logits[:1], [seq], {seq.seq_id: gen})[0][0] for _ in range(20)])
+    assert draws[0] == draws[1] and len(set(draws[0])) > 1
+    row = filter_top_k_top_p(torch.tensor([4.0, 3.0, 2.0, 1.0]), top_k=3, top_p=0.7)
+    assert torch.isfinite(row).tolist() == [True, True, False, False]
+
+
+def test_metrics_exposition():
+    reg = Registry()
+    counter = reg.add(Counter("x_total", "X."))
+    hist = reg.add(Histogram("lat_seconds", "Latency.", (0.1, 1.0)))
+    counter.inc(status="200")
+    counter.inc(2, status="200")
+    for value in (0.05, 0.5, 5):
+        hist.observe(value)
+    text = reg.render()
+    assert 'x_total{status="200"} 3' in text
+    assert 'lat_seconds_bucket{le="0.1"} 1' in text and 'lat_seconds_bucket{le="1"} 2' in text
+    assert 'lat_seconds_bucket{le="+Inf"} 3' in text and "lat_seconds_count 3" in text
+    assert "# TYPE lat_seconds histogram" in text
+
+
+def test_engine_config_cli_then_env_then_default():
+    env = {"MAX_BATCH_SIZE": "16", "MAX_CONCURRENT_REQUESTS": "50", "HF_MODEL_TRUST_REMOTE_CODE": "false"}
+    assert engine_config({}, env={}) == EngineConfig()
+    config = engine_config({"max_batch_size": 4}, env=env)
+    assert (config.max_batch_size, config.max_queue, config.trust_remote_code) == (4, 50, False)
+    assert engine_config({}, env={"OPTION_MAX_ROLLING_BATCH_SIZE": "32"}).max_batch_size == 32
+    with pytest.raises(ConfigError, match="MAX_BATCH_SIZE='many'"):
+        engine_config({}, env={"MAX_BATCH_SIZE": "many"})
+    with pytest.raises(ConfigError, match="max_batch_size must be at least 1"):
+        engine_config({}, env={"MAX_BATCH_SIZE": "0"})
