@@ -78,7 +78,9 @@ def run_recipe(
 
         artifact = work / "artifact"
         shutil.copytree(compiled, artifact)
-        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantized))
+        serving = serving_options(plan)
+        (artifact / "serving.properties").write_text("".join(f"{k}={v}\n" for k, v in serving.items()))
+        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantized, serving))
         log(f"publish: {output_uri(recipe)}")
         ref = publish(artifact, output_uri(recipe), s3_options=s3_options)
     finally:
@@ -100,7 +102,21 @@ def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work
     return cache.put(key, out, stage=stage)
 
 
-def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantized: Path):
+def serving_options(plan: Plan) -> dict[str, str]:
+    """What an endpoint needs to serve the artifact as planned; shipped as serving.properties
+    (LMI's convention, without option.model_id: the artifact's location is the model)."""
+    return {
+        "option.rolling_batch": plan.backend,
+        "option.dtype": plan.dtype,
+        "option.tensor_parallel_degree": str(plan.tp_degree),
+        "option.max_rolling_batch_size": str(plan.max_batch_size),
+        "job_queue_size": str(plan.max_concurrent_requests),
+        "option.max_input_len": str(plan.max_input_len),
+        "option.n_positions": str(plan.max_total_len),
+    }
+
+
+def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantized: Path, serving: dict[str, str]):
     from lmi_compile.quantize.report import QuantReport
 
     report = QuantReport.load(quantized)
@@ -124,13 +140,5 @@ def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantize
             max_total_len=plan.max_total_len,
             kv_cache=plan.kv_cache.model_dump(mode="json"),
         ),
-        serving={
-            "option.rolling_batch": plan.backend,
-            "option.dtype": plan.dtype,
-            "option.tensor_parallel_degree": str(plan.tp_degree),
-            "option.max_rolling_batch_size": str(plan.max_batch_size),
-            "job_queue_size": str(plan.max_concurrent_requests),
-            "option.max_input_len": str(plan.max_input_len),
-            "option.n_positions": str(plan.max_total_len),
-        },
+        serving=serving,
     )

@@ -48,22 +48,23 @@ def serve(
     from lmi_runtime.server.common import ServerState
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = engine_config({
+    options = {
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
-    })
-    location = resolve_location(artifact)
+    }
+    engine_config(options)  # a bad option or environment variable fails here, before listening
     state = ServerState()
     server = uvicorn.Server(uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level))
     failure: list[LmiError] = []
 
     def load() -> None:
-        try:
-            load_into(state, location, config)
+        try:  # an s3:// artifact downloads here, while /ping answers 503
+            location = resolve_location(artifact)
+            load_into(state, location, engine_config(options, model_dir=location))
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
             state.load_error = f"loading failed: {err}"
-            failure.append(err if isinstance(err, LmiError) else LmiError(f"loading {location} failed: {err}"))
+            failure.append(err if isinstance(err, LmiError) else LmiError(f"loading {artifact or 'the model'} failed: {err}"))
             logging.getLogger("lmi_runtime").exception("loading failed")
             server.should_exit = True
 

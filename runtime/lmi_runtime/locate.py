@@ -1,14 +1,16 @@
 """Where the model to serve is, and which of its files to load.
 
-`lmi-serve [ARTIFACT]` takes a local folder: a plain Hugging Face folder, or an artifact root
-with `lmi-artifact.json` whose weights may sit under `rank0/` while config and tokenizer are
-at the root. Without an argument: `/opt/ml/model` when it exists (SageMaker), else
-`HF_MODEL_ID` when it is a local path. Remote locations (`s3://`, hub ids) go through the
-storage layer's download before this point; `resolve_location` is where that hooks in.
+`lmi-serve [ARTIFACT]` takes a local folder (a plain Hugging Face folder, or an artifact root
+with `lmi-artifact.json` whose weights sit under `rank0/` while config and tokenizer are at the
+root) or an `s3://` artifact, downloaded through the storage layer (rank 0's files and the
+shared ones, each checked against the manifest) into `LMI_SERVE_CACHE` (default
+~/.cache/lmi-serve). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
+serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from typing import Iterator
 
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
 from lmi_runtime.errors import ArtifactError, ModelFolderError
+from lmi_runtime.hardware import probe
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 SERVABLE_TARGETS = {"torch"}
@@ -49,26 +52,55 @@ class ModelFiles:
 def resolve_location(artifact: str | None, env: dict[str, str] | None = None) -> Path:
     env = dict(os.environ) if env is None else env
     if artifact is None:
-        if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
-            return SAGEMAKER_MODEL_DIR
-        artifact = env.get("HF_MODEL_ID")
-        if not artifact:
-            raise ModelFolderError(
-                "no model to serve: no ARTIFACT argument, /opt/ml/model is absent and HF_MODEL_ID is unset",
-                hint="run `lmi-serve PATH` or set HF_MODEL_ID to a local model folder",
-            )
+        artifact = _default_location(env)
+    if artifact.startswith("s3://"):
+        return _download(artifact, env)
     if "://" in artifact:
         raise ModelFolderError(
-            f"'{artifact}' is a remote location; this build of lmi-serve serves local folders only",
-            hint="download it first (e.g. `s5cmd sync 's3://bucket/prefix/*' ./model`) and pass the folder",
+            f"'{artifact}' is not a location lmi-serve can read",
+            hint="pass a local folder or an s3:// artifact prepared by lmi-compile",
         )
     path = Path(artifact).expanduser()
     if not path.is_dir():
         raise ModelFolderError(
             f"'{artifact}' is not a folder",
-            hint="pass a Hugging Face model folder or an lmi-compile artifact folder",
+            hint="pass a Hugging Face model folder, an lmi-compile artifact folder or its s3:// location "
+            "(hub ids are prepared ahead of time: lmi-compile run)",
         )
     return path
+
+
+def _default_location(env: dict[str, str]) -> str:
+    if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
+        pointer = _model_id_in_properties(SAGEMAKER_MODEL_DIR)
+        return pointer or str(SAGEMAKER_MODEL_DIR)
+    if env.get("HF_MODEL_ID"):
+        return env["HF_MODEL_ID"]
+    raise ModelFolderError(
+        "no model to serve: no ARTIFACT argument, /opt/ml/model is absent and HF_MODEL_ID is unset",
+        hint="run `lmi-serve PATH_OR_S3_URI` or set HF_MODEL_ID",
+    )
+
+
+def _model_id_in_properties(folder: Path) -> str | None:
+    """LMI's pattern: a model folder holding only serving.properties that points elsewhere."""
+    if (folder / "config.json").exists() or (folder / MANIFEST_NAME).exists():
+        return None
+    if not (folder / "serving.properties").is_file():
+        return None
+    from lmi_runtime.config import load_serving_config
+
+    return load_serving_config(env={}, properties=folder).model_id
+
+
+def _download(uri: str, env: dict[str, str]) -> Path:
+    from lmi_runtime.artifact.download import download_artifact
+    from lmi_runtime.storage.s3 import S3Options
+
+    root = Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
+    dest = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
+    return dest
 
 
 def inspect_folder(path: Path) -> ModelFiles:
@@ -91,6 +123,7 @@ def _artifact_files(root: Path) -> ModelFiles:
             f"{', '.join(sorted(SERVABLE_TARGETS))} artifacts",
             hint=f"serve it with the {target.backend} image, or compile for target torch",
         )
+    _check_hardware(target.hardware)
     if target.tp_degree != 1 or target.pp_degree != 1:
         raise ArtifactError(
             f"this artifact is split for TP={target.tp_degree}, PP={target.pp_degree}; "
@@ -111,6 +144,22 @@ def _artifact_files(root: Path) -> ModelFiles:
     if not weights:
         weights = _safetensors_in(root / "rank0" if (root / "rank0").is_dir() else root)
     return ModelFiles(root, weights, manifest)
+
+
+def _check_hardware(wanted: dict) -> None:
+    """Refuse an artifact built for other hardware (a kernel cache or engine for another GPU)."""
+    kind = wanted.get("kind", "any")
+    if kind == "any":
+        return
+    here = probe()
+    arch = wanted.get("arch")
+    if here.kind != kind or (arch and here.arch != arch):
+        built = kind + (f" {arch}" if arch else "")
+        raise ArtifactError(
+            f"this artifact was built for {built}, but this machine has {here.describe()}",
+            hint="compile the artifact for this hardware (lmi-compile run on the same GPU type), "
+            "or serve it on the hardware it was built for",
+        )
 
 
 def _safetensors_in(folder: Path) -> list[Path]:

@@ -1,56 +1,57 @@
-"""Build the EngineConfig from CLI options, with LMI environment names as fallbacks.
+"""The engine's settings for `lmi-serve`: CLI options over the shared LMI configuration.
 
-Precedence: a CLI option, then the first environment variable set among its LMI names, then
-the default. (One function on purpose: the shared ServingConfig loader replaces it.)
+Precedence, highest first: a CLI option; the environment (MAX_BATCH_SIZE, MAX_CONCURRENT_REQUESTS,
+OPTION_*, HF_MODEL_TRUST_REMOTE_CODE, …); the serving.properties packaged with the model (the
+artifact ships one written by lmi-compile); defaults. Everything below the CLI comes from
+`load_serving_config`, so lmi-serve and lmi-compile read the LMI names the same way.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import fields
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from lmi_runtime.config import ServingConfig, load_serving_config
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError
 
-ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "max_batch_size": ("MAX_BATCH_SIZE", "OPTION_MAX_ROLLING_BATCH_SIZE"),
-    "max_queue": ("MAX_CONCURRENT_REQUESTS", "SERVING_JOB_QUEUE_SIZE"),
-    "max_model_len": ("OPTION_MAX_MODEL_LEN",),
-    "max_new_tokens": ("OPTION_MAX_NEW_TOKENS",),
-    "dtype": ("OPTION_DTYPE",),
-    "device": ("OPTION_DEVICE",),
-    "backend": ("OPTION_BACKEND",),
-    "kv_cache_gib": ("OPTION_KV_CACHE_GIB",),
-    "trust_remote_code": ("HF_MODEL_TRUST_REMOTE_CODE", "OPTION_TRUST_REMOTE_CODE"),
-    "served_model_name": ("SERVED_MODEL_NAME", "OPTION_SERVED_MODEL_NAME"),
+# Engine settings with no first-class LMI name: read from option.<name> (OPTION_<NAME>).
+OPTION_FIELDS: dict[str, type] = {
+    "max_model_len": int,
+    "max_new_tokens": int,
+    "device": str,
+    "backend": str,
+    "kv_cache_gib": float,
+    "served_model_name": str,
 }
 
 
-def _convert(name: str, source: str, raw: str, kind: type) -> Any:
-    if kind is bool:
-        if raw.strip().lower() not in ("true", "false", "1", "0"):
-            raise ConfigError(f"{source}={raw!r} is not a boolean", hint="use true or false")
-        return raw.strip().lower() in ("true", "1")
-    try:
-        return kind(raw)
-    except ValueError as err:
-        raise ConfigError(f"{source}={raw!r} is not a valid {kind.__name__} for {name}") from err
-
-
-def engine_config(cli: dict[str, Any], env: dict[str, str] | None = None) -> EngineConfig:
-    env = dict(os.environ) if env is None else env
-    defaults = EngineConfig()
-    values: dict[str, Any] = {}
-    for field in fields(EngineConfig):
-        if cli.get(field.name) is not None:
-            values[field.name] = cli[field.name]
-            continue
-        kind = type(getattr(defaults, field.name)) if getattr(defaults, field.name) is not None else int
-        if field.name == "served_model_name":
-            kind = str
-        for var in ENV_NAMES.get(field.name, ()):
-            if env.get(var):
-                values[field.name] = _convert(field.name, var, env[var], kind)
-                break
+def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                  model_dir: Path | None = None) -> EngineConfig:
+    properties = model_dir / "serving.properties" if model_dir is not None else None
+    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    values = _from_serving_config(config)
+    values.update({name: value for name, value in cli.items() if value is not None})
     return EngineConfig(**values)
+
+
+def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "max_batch_size": config.max_rolling_batch_size,
+        "max_queue": config.job_queue_size,
+        "dtype": config.dtype,
+        "trust_remote_code": config.trust_remote_code,
+    }
+    if config.n_positions is not None:
+        values["max_model_len"] = config.n_positions
+    for name, kind in OPTION_FIELDS.items():
+        raw = config.options.get(name)
+        if raw is None:
+            continue
+        try:
+            values[name] = kind(raw)
+        except ValueError as err:
+            raise ConfigError(f"option.{name}={raw!r} is not a valid {kind.__name__}",
+                              hint=f"set OPTION_{name.upper()} to a {kind.__name__}") from err
+    return values

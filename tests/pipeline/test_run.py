@@ -7,10 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
 import yaml
 
 from lmi_runtime.artifact.download import download_artifact
-from lmi_runtime.artifact.folder import read_manifest, verify_folder
+from lmi_runtime.artifact.folder import verify_folder
+from served import lmi_serve
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,3 +72,21 @@ def test_a_missed_quality_gate_fails_clearly_and_publishes_nothing(tmp_path, pyt
     assert _keys(s3, bucket, "gated") == []
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.glob("*.json"))  # nothing cached either
+
+
+def test_lmi_serve_serves_the_published_s3_artifact(tmp_path, python, cli_env, s3, s3_env, bucket):
+    """The whole path a user takes: run the recipe to S3, then `lmi-serve s3://…` downloads the
+    artifact (rank 0 + shared files, verified), applies its serving.properties and answers."""
+    uri = f"s3://{bucket}/served"
+    result = _run(python, cli_env, s3_env, _recipe(tmp_path, uri, max_ppl_increase=0.05))
+    assert result.returncode == 0, result.stderr
+    env = cli_env | s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "serve-cache")}
+    env.pop("MAX_BATCH_SIZE", None)
+    with lmi_serve(python, uri, env, tmp_path / "serve.log") as url:
+        answer = httpx.post(f"{url}/invocations", json={
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 12, "temperature": 0}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert "Paris" in answer.json()["choices"][0]["message"]["content"]
+    log = (tmp_path / "serve.log").read_text()
+    assert "max batch 8" in log and "queue 64" in log  # from the artifact's serving.properties

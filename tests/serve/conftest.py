@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import re
-import socket
 import threading
 import time
 from typing import Iterator
@@ -23,14 +22,9 @@ from lmi_runtime.locate import inspect_folder
 from lmi_runtime.serve import start_engine
 from lmi_runtime.server.app import create_app
 from lmi_runtime.server.common import ServerState
+from served import free_port
 
 BATCH = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LiveServer:

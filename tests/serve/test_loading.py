@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,9 @@ from lmi_runtime.engine.request import FinishEvent, FinishReason, SamplingParams
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.locate import inspect_folder, resolve_location
 
-from .conftest import FlakyBackend, free_port
+from served import free_port, lmi_serve
+
+from .conftest import FlakyBackend
 
 PROMPT = "The capital of France is"
 
@@ -87,6 +87,11 @@ def test_artifact_problems_are_refused(artifact, tmp_path):
     with pytest.raises(ArtifactError, match="compiled for the 'trtllm' backend"):
         inspect_folder(broken)
     manifest["target"]["backend"] = "torch"
+    manifest["target"]["hardware"] = {"kind": "cuda", "arch": "sm_90"}  # e.g. an H100 kernel cache
+    (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="built for cuda sm_90, but this machine has"):
+        inspect_folder(broken)
+    manifest["target"]["hardware"] = {"kind": "any"}
     manifest["files"]["rank0"][0]["path"] = "../../etc/passwd"
     (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="unsafe path"):
@@ -111,10 +116,22 @@ def test_resolve_location(tmp_path, monkeypatch):
     assert resolve_location(str(tmp_path)) == tmp_path
     with pytest.raises(ModelFolderError, match="HF_MODEL_ID is unset"):
         resolve_location(None, env={})
-    with pytest.raises(ModelFolderError, match="remote location"):
-        resolve_location("s3://bucket/model")
+    with pytest.raises(ModelFolderError, match="not a location lmi-serve can read"):
+        resolve_location("gs://bucket/model")
     with pytest.raises(ModelFolderError, match="not a folder"):
         resolve_location(str(tmp_path / "nope"))
+
+
+def test_sagemaker_model_dir_may_point_elsewhere(tmp_path, monkeypatch):
+    """LMI's pattern: /opt/ml/model holds only a serving.properties naming the model."""
+    model_dir, weights = tmp_path / "opt-ml-model", tmp_path / "weights"
+    model_dir.mkdir()
+    weights.mkdir()
+    monkeypatch.setattr("lmi_runtime.locate.SAGEMAKER_MODEL_DIR", model_dir)
+    (model_dir / "serving.properties").write_text(f"engine=Python\noption.model_id={weights}\n")
+    assert resolve_location(None, env={}) == weights
+    (model_dir / "config.json").write_text("{}")  # a model folder itself: served as it is
+    assert resolve_location(None, env={}) == model_dir
 
 
 @pytest.fixture(scope="module")
@@ -181,30 +198,12 @@ def test_a_failing_request_fails_alone(backend, reference):
 
 
 def test_lmi_serve_cli_end_to_end(artifact, cli_env, python, tmp_path):
-    port = free_port()
     env = {**cli_env, "MAX_BATCH_SIZE": "4", "OPTION_MAX_MODEL_LEN": "512"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([python, "-m", "lmi_runtime", str(artifact), "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.25)
-        res = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 3}})
+    with lmi_serve(python, str(artifact), env, tmp_path / "serve.log") as url:
+        res = httpx.post(f"{url}/invocations", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 3}})
         assert res.json() == {"generated_text": " Paris.\n"}
-        too_long = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": "hi " * 600})
+        too_long = httpx.post(f"{url}/invocations", json={"inputs": "hi " * 600})
         assert too_long.status_code == 413 and "at most 511" in too_long.json()["error"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "loaded" in text and "max batch 4" in text and "max_model_len 512" in text
 

@@ -112,5 +112,17 @@ def test_engine_config_cli_then_env_then_default():
     assert engine_config({}, env={"OPTION_MAX_ROLLING_BATCH_SIZE": "32"}).max_batch_size == 32
     with pytest.raises(ConfigError, match="MAX_BATCH_SIZE='many'"):
         engine_config({}, env={"MAX_BATCH_SIZE": "many"})
-    with pytest.raises(ConfigError, match="max_batch_size must be at least 1"):
+    with pytest.raises(ConfigError, match="MAX_BATCH_SIZE='0'"):
         engine_config({}, env={"MAX_BATCH_SIZE": "0"})
+    options = engine_config({}, env={"OPTION_MAX_MODEL_LEN": "512", "OPTION_KV_CACHE_GIB": "1.5"})
+    assert (options.max_model_len, options.kv_cache_gib) == (512, 1.5)
+    with pytest.raises(ConfigError, match="option.kv_cache_gib='lots'"):
+        engine_config({}, env={"OPTION_KV_CACHE_GIB": "lots"})
+
+
+def test_engine_config_reads_the_serving_properties_shipped_with_the_model(tmp_path):
+    (tmp_path / "serving.properties").write_text("option.max_rolling_batch_size=8\njob_queue_size=64\n")
+    packaged = engine_config({}, env={}, model_dir=tmp_path)
+    assert (packaged.max_batch_size, packaged.max_queue) == (8, 64)
+    assert engine_config({}, env={"MAX_BATCH_SIZE": "4"}, model_dir=tmp_path).max_batch_size == 4  # env over file
+    assert engine_config({"max_batch_size": 2}, env={"MAX_BATCH_SIZE": "4"}, model_dir=tmp_path).max_batch_size == 2
