@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lmi_compile.quantize import REPORT_NAME, QuantReport
 
-# Upper bounds on relative perplexity increase (measured: static_int8 ~+0.5%, smoothquant ~+3%,
-# awq/gptq 4-bit g64 +30..50% with this tiny calibration; RTN int4 sym g64 is ~+50% at 20k tokens).
-MAX_INCREASE = {"static_int8": 0.01, "smoothquant": 0.10, "awq": 0.60, "gptq": 0.60}
+# Upper bounds on relative perplexity increase on these 2048 tokens. Measured: static_int8 +0.1%,
+# smoothquant +1.7%, gptq (asym, damp 0.1) +24%; plain rounding int4 g64 is +49% (sym) / +30% (asym).
+MAX_INCREASE = {"static_int8": 0.01, "smoothquant": 0.05, "awq": 0.40, "gptq": 0.35}
 FORMATS = {"awq": "pack-quantized", "gptq": "pack-quantized", "smoothquant": "int-quantized", "static_int8": "pack-quantized"}
 
 
@@ -52,7 +52,7 @@ def test_awq_auto_group_size_is_64_and_said_so(quantized):
     report = quantized("awq").report
     assert report.settings["group_size"] == 64
     assert "576" in report.group_size_note and "64" in report.group_size_note
-    assert report.calibration.samples == 8 and report.calibration.tokens == 8 * 128
+    assert report.calibration.samples == 4 and report.calibration.tokens == 4 * 128
 
 
 @pytest.mark.slow
