@@ -55,7 +55,9 @@ class QuantizeSpec(Section):
     symmetric: bool = True
     desc_act: bool = False  # GPTQ act-order
     damp: float = Field(0.01, gt=0)  # GPTQ dampening fraction
-    alpha: float = Field(0.5, ge=0, le=1)  # SmoothQuant migration strength
+    # SmoothQuant migration strength; 0.8 as in llm-compressor's W8A8 examples (0.5 flips
+    # SmolLM2's answers, see compile/lmi_compile/quantize/README.md)
+    alpha: float = Field(0.8, ge=0, le=1)
     awq_grid: int = Field(20, ge=1)  # AWQ scale-search grid points per layer group
     awq_duo_scaling: bool | Literal["both"] = True  # AWQ scales from activations and weights
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)

@@ -34,13 +34,10 @@ class Settings:
     symmetric: bool
     desc_act: bool = False
     damp: float = 0.01
-    alpha: float = 0.5
+    alpha: float = 0.8
     awq_grid: int = 20
     awq_duo_scaling: bool | str = True
-
-    @property
-    def activation_bits(self) -> int:
-        return 8 if self.method == "smoothquant" else 16
+    activation_bits: int = 16  # 8: int8 per-token dynamic activations (W8A8)
 
 
 def _scheme(settings: Settings, lc):
@@ -92,10 +89,12 @@ def apply(
     model: torch.nn.Module,
     settings: Settings,
     samples: list[list[int]] | None,
+    tokenizer=None,
     on_layer: Callable[[int], None] | None = None,
 ) -> None:
     """Quantize `model` in place (weights stay fake-quantized until `save_pretrained`
-    writes compressed-tensors). `on_layer(i)` is called as decoder layer i starts calibrating."""
+    writes compressed-tensors). `samples` are already tokenized, but llm-compressor insists on
+    a tokenizer whenever data is given. `on_layer(i)` is called as decoder layer i starts."""
     lc = llmcompressor()
     kwargs: dict = {}
     if settings.method in CALIBRATED:
@@ -110,6 +109,7 @@ def apply(
             num_calibration_samples=len(samples),
             max_seq_length=max(len(s) for s in samples),
             shuffle_calibration_samples=False,
+            processor=tokenizer,
         )
     hooks = _layer_hooks(model, on_layer) if on_layer else []
     try:

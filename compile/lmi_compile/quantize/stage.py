@@ -93,6 +93,7 @@ def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[method
         alpha=spec.alpha,
         awq_grid=spec.awq_grid,
         awq_duo_scaling=spec.awq_duo_scaling,
+        activation_bits=8 if method == "smoothquant" else 16,
     )
     return settings, note
 
@@ -122,7 +123,7 @@ def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, progr
     layers = getattr(model.config, "num_hidden_layers", None)
     task = progress.add_task(f"quantize {settings.method}", total=layers)
     start = time.perf_counter()
-    methods.apply(model, settings, samples, on_layer=lambda i: progress.update(task, completed=i + 1))
+    methods.apply(model, settings, samples, tokenizer, on_layer=lambda i: progress.update(task, completed=i + 1))
     wall = time.perf_counter() - start
     progress.update(task, completed=layers)
     memory = peak_memory(device)
@@ -150,7 +151,7 @@ def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, progr
         )
     return QuantReport(
         method=settings.method,
-        settings={k: v for k, v in asdict(settings).items() if k != "method"} | {"activation_bits": settings.activation_bits},
+        settings={k: v for k, v in asdict(settings).items() if k != "method"},
         group_size_note=note,
         format=FORMATS[settings.method],
         calibration=TextUse(
