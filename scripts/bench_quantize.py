@@ -79,7 +79,8 @@ def build_model(args):
     config = LlamaConfig(**shape)
     torch.manual_seed(0)
     with torch.device(args.device):  # random weights drawn on the device: seconds, not minutes
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+        # bfloat16 by default: with random fp16 weights AWQ's scale search overflows to inf/NaN.
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
     # llm-compressor re-reads the config from `name_or_path`: give it a folder that holds it.
     folder = Path(tempfile.mkdtemp(prefix="llama2-7b-shape-"))
     config.save_pretrained(folder)
@@ -257,6 +258,7 @@ def parse(argv: list[str]):
     p.add_argument("--model", choices=["smollm2", "llama2-7b-shape"], default="smollm2")
     p.add_argument("--layers", type=int, help="llama2-7b-shape: fewer decoder layers (smoke tests)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16", help="llama2-7b-shape weights")
     p.add_argument("--methods", default=None, help=f"comma list (default: {DEFAULT_METHODS})")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
