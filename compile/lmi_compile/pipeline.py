@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.quantize.report import QuantReport
 from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
 from lmi_compile.stages.fetch import fetch
@@ -69,6 +70,8 @@ def run_recipe(
             quantize(model.path, recipe.quantize, out, device=device)
 
         quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
+        report = QuantReport.load(quantized)
+        _log_quality(report, log)
 
         def compile_into(out: Path) -> None:
             torch_target.build(quantized, out, tp_degree=plan.tp_degree)
@@ -80,7 +83,7 @@ def run_recipe(
         shutil.copytree(compiled, artifact)
         serving = serving_options(plan)
         (artifact / "serving.properties").write_text("".join(f"{k}={v}\n" for k, v in serving.items()))
-        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantized, serving))
+        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, report, serving))
         log(f"publish: {output_uri(recipe)}")
         ref = publish(artifact, output_uri(recipe), s3_options=s3_options)
     finally:
@@ -102,6 +105,13 @@ def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work
     return cache.put(key, out, stage=stage)
 
 
+def _log_quality(report: QuantReport, log: Log) -> None:
+    ppl = report.perplexity
+    if ppl is not None:
+        limit = "no limit" if ppl.max_relative_increase is None else f"limit {ppl.max_relative_increase:+.2%}"
+        log(f"quality: perplexity {ppl.original:.3f} → {ppl.quantized:.3f} ({ppl.relative_increase:+.2%}, {limit})")
+
+
 def serving_options(plan: Plan) -> dict[str, str]:
     """What an endpoint needs to serve the artifact as planned; shipped as serving.properties
     (LMI's convention, without option.model_id: the artifact's location is the model)."""
@@ -116,10 +126,7 @@ def serving_options(plan: Plan) -> dict[str, str]:
     }
 
 
-def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantized: Path, serving: dict[str, str]):
-    from lmi_compile.quantize.report import QuantReport
-
-    report = QuantReport.load(quantized)
+def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, report: QuantReport, serving: dict[str, str]):
     target = torch_target.describe(plan.tp_degree, plan.dtype)
     return build_manifest(
         artifact,

@@ -44,6 +44,7 @@ def test_run_publishes_a_verified_artifact_and_reruns_from_the_cache(tmp_path, p
     first = _run(python, cli_env, s3_env, recipe)
     assert first.returncode == 0, first.stderr
     assert "quantize: running" in first.stderr and "0 unchanged" in first.stdout
+    assert "quality: perplexity" in first.stderr and "limit +5.00%" in first.stderr
 
     pulled = tmp_path / "pulled"
     manifest = download_artifact(uri, pulled)
