@@ -15,9 +15,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 
+from lmi_runtime.artifact.folder import read_manifest
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.hardware import probe
@@ -112,10 +113,7 @@ def inspect_folder(path: Path) -> ModelFiles:
 
 
 def _artifact_files(root: Path) -> ModelFiles:
-    try:
-        manifest = Manifest.model_validate_json((root / MANIFEST_NAME).read_text())
-    except ValueError as err:
-        raise ArtifactError(f"{root / MANIFEST_NAME} is not a valid manifest: {err}") from err
+    manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
     target = manifest.target
     if target.backend not in SERVABLE_TARGETS:
         raise ArtifactError(
@@ -131,10 +129,7 @@ def _artifact_files(root: Path) -> ModelFiles:
             hint="compile with tensor_parallel_degree 1 for this runtime",
         )
     for entry in manifest.group_for_rank(0):
-        rel = PurePosixPath(entry.path)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise ArtifactError(f"the manifest lists an unsafe path '{entry.path}'")
-        file = root / rel
+        file = root / entry.path
         if not file.is_file() or file.stat().st_size != entry.size:
             raise ArtifactError(
                 f"artifact file '{entry.path}' is missing or has the wrong size",

@@ -94,7 +94,7 @@ def test_artifact_problems_are_refused(artifact, tmp_path):
     manifest["target"]["hardware"] = {"kind": "any"}
     manifest["files"]["rank0"][0]["path"] = "../../etc/passwd"
     (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="unsafe path"):
+    with pytest.raises(ArtifactError, match="unsafe manifest path '../../etc/passwd'"):
         inspect_folder(broken)
     (broken / "rank0" / "model.safetensors").unlink()
     manifest["files"]["rank0"][0]["path"] = "rank0/model.safetensors"
