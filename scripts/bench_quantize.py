@@ -229,7 +229,10 @@ def render(rows: list[dict], args) -> None:
             f"{r['increase']:+.2%}" if "increase" in r else "-",
             f"{vs['ratio']:.2f}x of {vs['baseline']}" if vs and vs["ratio"] is not None else "-",
         )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # logs and pipes: keep one row per line
+    console.print(table)
 
 
 def plot(rows: list[dict], path: Path, args) -> None:
