@@ -223,7 +223,7 @@ def render(rows: list[dict], args) -> None:
             continue
         vs = r.get("vs_rtn")
         table.add_row(
-            r["method"], r.get("settings", "fp32" if args.device == "cpu" else "fp16"),
+            r["method"], r.get("settings", "fp32" if args.device == "cpu" else args.dtype),
             f"{r['wall_s']:.1f}", f"{r['peak_mib']:.0f}",
             f"{r['ppl']:.3f}" if "ppl" in r else "-",
             f"{r['increase']:+.2%}" if "increase" in r else "-",
