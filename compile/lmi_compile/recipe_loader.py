@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,12 +17,19 @@ from lmi_compile.recipe import Recipe
 from lmi_runtime.config import ServingConfig, warn_unknown
 from lmi_runtime.errors import ConfigError
 
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
 # LMI's option.rolling_batch → recipe target backend.
 _BACKENDS = {"auto": "auto", "torch": "torch", "trtllm": "trtllm", "neuron": "neuron", "disable": "auto"}
 
 
 def load_recipe(path: Path | str) -> Recipe:
     path = Path(path)
+    return recipe_from_dict(read_recipe_file(path), where=path.name)
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping in `path`, with a clear error for a missing, unreadable or non-mapping file."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
@@ -33,13 +40,19 @@ def load_recipe(path: Path | str) -> Recipe:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (source, quantize, target, ...)",
                           hint="see recipes/smollm2-int8.yaml for the layout")
-    return recipe_from_dict(data, where=path.name)
+    return data
 
 
 def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
-    cleaned = _drop_unknown(data, Recipe, where, prefix="")
+    return section_from_dict(Recipe, data, where)
+
+
+def section_from_dict(model: type[SectionT], data: dict[str, Any], where: str) -> SectionT:
+    """Validate `data` as `model` (the whole recipe or one section): unknown keys warn and are
+    dropped, bad values become one ConfigError naming every offending dotted key."""
+    cleaned = _drop_unknown(data, model, where, prefix="")
     try:
-        return Recipe.model_validate(cleaned)
+        return model.model_validate(cleaned)
     except ValidationError as err:
         raise _recipe_error(err, where) from None
 

@@ -6,31 +6,26 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from lmi_runtime.cli_support import user_errors
 from lmi_runtime.errors import ConfigError
+from lmi_compile.commands.common import printed_warnings
 from lmi_compile.recipe import QuantizeSpec, Recipe
+from lmi_compile.recipe_loader import read_recipe_file, section_from_dict
 
 
 def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> QuantizeSpec:
     """A QuantizeSpec from a recipe file (its `quantize:` section, or a bare quantize section)
     with command-line values on top; a dotted key (`calibration.num_samples`) sets a subsection."""
     data: dict[str, Any] = {}
+    where = "quantize settings"
     if recipe is not None:
-        if not recipe.is_file():
-            raise ConfigError(f"recipe file {recipe} does not exist")
-        try:
-            loaded = yaml.safe_load(recipe.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"recipe file {recipe} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"recipe file {recipe} must hold a mapping")
+        loaded = read_recipe_file(recipe)
         is_full_recipe = bool(set(loaded) & set(Recipe.model_fields))
         data = dict(loaded.get("quantize") or {}) if is_full_recipe else loaded
+        where = f"quantize settings in {recipe.name}"
     for key, value in overrides.items():
         if value is None:
             continue
@@ -39,11 +34,7 @@ def load_spec(recipe: Path | None, overrides: dict[str, Any]) -> QuantizeSpec:
         for section in sections:
             target = target.setdefault(section, {})
         target[leaf] = value
-    try:
-        return QuantizeSpec.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid quantize settings: {problems}", hint="see `lmi-compile quantize --help`") from err
+    return section_from_dict(QuantizeSpec, data, where)
 
 
 def _group_size(value: str | None) -> int | str | None:
@@ -79,9 +70,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
     ) -> None:
         """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
-        spec = load_spec(
-            recipe,
-            {
+        with printed_warnings():
+            spec = load_spec(recipe, {
                 "method": method,
                 "bits": bits,
                 "group_size": _group_size(group_size),
@@ -94,8 +84,7 @@ def register(app: typer.Typer) -> None:
                 "calibration.seq_len": seq_len,
                 "quality.max_tokens": eval_tokens,
                 "quality.max_ppl_increase": max_ppl_increase,
-            },
-        )
+            })
         from lmi_compile.quantize import REPORT_NAME, quantize
 
         result = quantize(model_dir, spec, out, device=device)
