@@ -35,7 +35,7 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (env OPTION_DTYPE)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     backend: Optional[str] = typer.Option(None, help="auto | torch | transformers."),
-    kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default 2)."),
+    kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: what GPU memory leaves; 2 on CPU)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),

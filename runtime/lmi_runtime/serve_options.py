@@ -42,6 +42,8 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
         "max_queue": config.job_queue_size,
         "dtype": config.dtype,
         "trust_remote_code": config.trust_remote_code,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enforce_eager": config.enforce_eager,
     }
     if config.n_positions is not None:
         values["max_model_len"] = config.n_positions

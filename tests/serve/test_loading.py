@@ -163,9 +163,9 @@ def test_compressed_tensors_checkpoint_loads_dequantized(quantized_dir, backend,
     expected = tuple(hf.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist())
     got = token_ids(run_engine(quantized, [PROMPT], 8)[0])
     assert got == expected
-    q_proj = quantized.model.model.layers[0].self_attn.q_proj.weight
-    dense = backend.model.model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(q_proj, dense)  # the quantized weights, not the original ones
+    qkv = quantized.model.model.layers[0].self_attn.qkv_proj.weight
+    dense = backend.model.model.layers[0].self_attn.qkv_proj.weight
+    assert not torch.equal(qkv, dense)  # the quantized weights, not the original ones
 
 
 def test_transformers_fallback_backend(smollm2_dir, reference):

@@ -2,7 +2,9 @@
 
 The pool is one tensor `[layers, 2, num_blocks * block_size, kv_heads, head_dim]`, addressed
 by flat slot (block * block_size + offset), as in vLLM's paged attention. Block 0 is a
-scratch block that is never handed out: padding tokens write there. A sequence reserves all
+scratch block that is never handed out: padding rows of a CUDA-graph batch write there.
+Block tables stay on the host (plain lists): the backend builds each step's device tensors
+from them in one copy. A sequence reserves all
 the blocks its prompt + max_new_tokens can fill when it is admitted, so a running sequence
 never runs out of room and no preemption is needed (simple, at the price of reserving for
 outputs that may stop early).
@@ -33,7 +35,7 @@ class BlockKVCache:
             (num_layers, 2, num_blocks * block_size, num_kv_heads, head_dim), dtype=dtype, device=device
         )
         self._free = list(range(num_blocks - 1, 0, -1))  # block 0 is the scratch block
-        self._tables: dict[int, torch.Tensor] = {}
+        self._tables: dict[int, list[int]] = {}
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -53,24 +55,17 @@ class BlockKVCache:
         need = math.ceil(num_tokens / self.block_size)
         if need > len(self._free):
             return False
-        blocks = [self._free.pop() for _ in range(need)]
-        self._tables[seq_id] = torch.tensor(blocks, dtype=torch.long, device=self.pool.device)
+        self._tables[seq_id] = [self._free.pop() for _ in range(need)]
         return True
 
     def free(self, seq_id: int) -> None:
         table = self._tables.pop(seq_id, None)
         if table is not None:
-            self._free.extend(table.tolist())
+            self._free.extend(table)
 
-    def slots(self, seq_ids: list[int], positions: torch.Tensor) -> torch.Tensor:
-        """Flat slots of `positions` ([B, N], one row per sequence); positions past a
-        sequence's table map to the scratch block."""
-        width = max(len(self._tables[s]) for s in seq_ids)
-        tables = torch.zeros((len(seq_ids), width), dtype=torch.long, device=self.pool.device)
-        for row, seq_id in enumerate(seq_ids):
-            table = self._tables[seq_id]
-            tables[row, : len(table)] = table
-        block_index = (positions // self.block_size).clamp(max=width - 1)
-        blocks = tables.gather(1, block_index)
-        in_range = positions < width * self.block_size
-        return torch.where(in_range, blocks * self.block_size + positions % self.block_size, 0)
+    def table(self, seq_id: int) -> list[int]:
+        return self._tables[seq_id]
+
+    def slot(self, seq_id: int, position: int) -> int:
+        table = self._tables[seq_id]
+        return table[position // self.block_size] * self.block_size + position % self.block_size

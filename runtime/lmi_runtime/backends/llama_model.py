@@ -1,12 +1,18 @@
 """A compact Llama-family decoder (Llama, Mistral, Qwen2, Yi and kin) in the style of gpt-fast:
 RMSNorm, rotary embeddings (default, linear and llama3 scaling), SwiGLU MLP and grouped-query
-attention reading and writing a paged KV cache. Module names match the Hugging Face
-checkpoints, so a safetensors state dict loads as is.
+attention over a paged KV cache. Module names match the Hugging Face checkpoints, so a
+safetensors state dict loads as is; `fuse()` then merges q/k/v and gate/up into one matmul each
+(fewer, larger GEMMs: decode is bound by reading the weights).
 
-One forward serves prefill and decode: every row of the batch brings its tokens with their
-absolute positions, the flat cache slots to write them to, and the cache slots of its whole
-context to attend over (`CacheView`). Attention is masked per row by position, so rows of
-different lengths share one batched step.
+Tokens travel packed, `[N, hidden]`, with no padding: a decode step brings one token per
+sequence, a prefill every prompt token of every admitted sequence. Each token carries its
+position and the cache slot its key/value is written to; attention then reads every
+sequence's context in place through its block table (`kernels.paged_attention`).
+
+A layer is two pure functions around attention (`attention_inputs`, `attention_output_and_mlp`)
+so that `torch.compile` can fuse norms, rotary and activations without seeing the cache
+writes (compiling code that writes into a view of its argument copied the whole cache in every
+layer: GPU-NOTES.md), and one compiled graph serves every layer since weights are arguments.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmi_runtime.errors import ModelFolderError
+from lmi_runtime.kernels.paged_attention import AttnBatch, paged_attention
 
 LLAMA_KIN = {"llama", "mistral", "qwen2"}
 ROPE_TYPES = {"default", "linear", "llama3"}
@@ -98,13 +105,35 @@ def rope_inv_freq(args: LlamaArgs) -> torch.Tensor:
     return inv_freq.float()
 
 
-@dataclass
-class CacheView:
-    """Where a batch's keys/values go and come from, as flat slot indices into the pool."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """As transformers computes it: in fp32, scaled after the cast back."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
-    write_slots: torch.Tensor  # [B, T] slot of each input token
-    read_slots: torch.Tensor  # [B, L] slot of each context position (padding: any slot)
-    mask: torch.Tensor  # [B, 1, T, L] True where a token may attend
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [N, heads, D]; cos/sin: [N, D] in x's dtype."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
+
+
+def attention_inputs(x, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: int, num_kv_heads: int):
+    """Pre-attention half of a layer: norm, fused q/k/v projection, rotary. Pure (no cache)."""
+    dim = cos.shape[-1]
+    qkv = F.linear(rms_norm(x, norm_w, eps), qkv_w, qkv_b)
+    q, k, v = qkv.split([num_heads * dim, num_kv_heads * dim, num_kv_heads * dim], dim=-1)
+    q = apply_rope(q.view(-1, num_heads, dim), cos, sin)
+    k = apply_rope(k.view(-1, num_kv_heads, dim), cos, sin)
+    return q, k, v.reshape(-1, num_kv_heads, dim)
+
+
+def attention_output_and_mlp(x, attn, o_w, o_b, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
+    """Post-attention half of a layer: output projection, residual, norm, SwiGLU MLP, residual."""
+    x = x + F.linear(attn.flatten(1), o_w, o_b)
+    gate, up = F.linear(rms_norm(x, norm_w, eps), gate_up_w, gate_up_b).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, down_w, down_b)
 
 
 class RMSNorm(nn.Module):
@@ -114,43 +143,32 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+def _fused(layers: list[nn.Linear]) -> nn.Linear:
+    """One Linear whose output is the concatenation of `layers`' outputs."""
+    weight = torch.cat([layer.weight for layer in layers])
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=layers[0].bias is not None,
+                      device="meta", dtype=weight.dtype)
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if fused.bias is not None:
+        fused.bias = nn.Parameter(torch.cat([layer.bias for layer in layers]), requires_grad=False)
+    return fused
 
 
 class Attention(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
-        self.args = args
         hd = args.head_dim
         self.q_proj = nn.Linear(args.hidden_size, args.num_heads * hd, bias=args.qkv_bias)
         self.k_proj = nn.Linear(args.hidden_size, args.num_kv_heads * hd, bias=args.qkv_bias)
         self.v_proj = nn.Linear(args.hidden_size, args.num_kv_heads * hd, bias=args.qkv_bias)
         self.o_proj = nn.Linear(args.num_heads * hd, args.hidden_size, bias=args.o_bias)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, view: CacheView) -> torch.Tensor:
-        b, t, _ = x.shape
-        a = self.args
-        q = self.q_proj(x).view(b, t, a.num_heads, a.head_dim)
-        k = self.k_proj(x).view(b, t, a.num_kv_heads, a.head_dim)
-        v = self.v_proj(x).view(b, t, a.num_kv_heads, a.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        slots = view.write_slots.reshape(-1)
-        cache_k[slots] = k.reshape(-1, a.num_kv_heads, a.head_dim)
-        cache_v[slots] = v.reshape(-1, a.num_kv_heads, a.head_dim)
-        keys = cache_k[view.read_slots].transpose(1, 2)  # [B, kv_heads, L, hd]
-        values = cache_v[view.read_slots].transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), keys, values, attn_mask=view.mask, enable_gqa=True
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+    def fuse(self) -> None:
+        self.qkv_proj = _fused([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
 
 
 class MLP(nn.Module):
@@ -161,8 +179,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=bias)
         self.down_proj = nn.Linear(i, h, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def fuse(self) -> None:
+        self.gate_up_proj = _fused([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
 
 class DecoderLayer(nn.Module):
@@ -173,10 +192,6 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.mlp = MLP(args)
 
-    def forward(self, x, cos, sin, cache_k, cache_v, view):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache_k, cache_v, view)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
 
 class Decoder(nn.Module):
     def __init__(self, args: LlamaArgs):
@@ -186,32 +201,60 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
 
+@dataclass
+class StepInputs:
+    """One forward's packed tokens and where their keys/values live (tensors on the device)."""
+
+    input_ids: torch.Tensor  # [N]
+    positions: torch.Tensor  # [N]
+    write_slots: torch.Tensor  # [N] flat cache slot of each token
+    attn: AttnBatch
+    logits_rows: torch.Tensor  # [B] token whose logits each sequence wants
+
+
 class LlamaForCausalLM(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
         self.args = args
         self.model = Decoder(args)
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.pre = attention_inputs
+        self.post = attention_output_and_mlp
 
     def tie_weights(self) -> None:
         if self.args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    @torch.inference_mode()
-    def forward(
-        self,
-        input_ids: torch.Tensor,  # [B, T]
-        positions: torch.Tensor,  # [B, T]
-        kv_cache: torch.Tensor,  # [layers, 2, slots, kv_heads, head_dim]
-        view: CacheView,
-        last: torch.Tensor,  # [B] index in T of the token whose logits are wanted
-    ) -> torch.Tensor:
-        freqs = positions.unsqueeze(-1).float() * self.inv_freq  # [B, T, hd/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(2)  # [B, T, 1, hd]
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    def prepare(self, max_len: int, device: torch.device, dtype: torch.dtype) -> None:
+        """After loading: fuse projections and build the rotary table for positions < max_len."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        angles = torch.arange(max_len, dtype=torch.float32).unsqueeze(1) * rope_inv_freq(self.args)
+        angles = torch.cat((angles, angles), dim=-1)
+        self.rope_cos = angles.cos().to(device=device, dtype=dtype)
+        self.rope_sin = angles.sin().to(device=device, dtype=dtype)
+
+    def compile_layers(self) -> None:
+        """Regional compilation: one graph for each half-layer, shared by every layer."""
+        self.pre = torch.compile(attention_inputs, dynamic=True, fullgraph=True)
+        self.post = torch.compile(attention_output_and_mlp, dynamic=True, fullgraph=True)
+
+    @torch.no_grad()  # not inference_mode: it breaks torch.compile and CUDA-graph capture
+    def forward(self, step: StepInputs, kv_cache: torch.Tensor, block_size: int) -> torch.Tensor:
+        """kv_cache: [layers, 2, slots, kv_heads, head_dim]; returns [B, vocab] logits."""
+        a = self.args
+        cos, sin = self.rope_cos[step.positions], self.rope_sin[step.positions]
+        x = self.model.embed_tokens(step.input_ids)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, kv_cache[i, 0], kv_cache[i, 1], view)
-        x = x[torch.arange(x.shape[0], device=x.device), last]
-        return self.lm_head(self.model.norm(x))
+            attn, mlp = layer.self_attn, layer.mlp
+            q, k, v = self.pre(x, layer.input_layernorm.weight, a.rms_norm_eps, attn.qkv_proj.weight,
+                               attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
+            k_cache, v_cache = kv_cache[i, 0], kv_cache[i, 1]
+            k_cache.index_copy_(0, step.write_slots, k)
+            v_cache.index_copy_(0, step.write_slots, v)
+            out = paged_attention(q, k_cache, v_cache, step.attn, block_size)
+            x = self.post(x, out, attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
+                          a.rms_norm_eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
+                          mlp.down_proj.bias)
+        return self.lm_head(self.model.norm(x[step.logits_rows]))

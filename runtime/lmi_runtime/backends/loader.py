@@ -18,15 +18,12 @@ from safetensors.torch import load_file
 
 from lmi_runtime.backends.base import Backend, ModelInfo
 from lmi_runtime.backends.kv_cache import BlockKVCache
-from lmi_runtime.backends.llama_model import (
-    LlamaArgs,
-    LlamaForCausalLM,
-    UnsupportedArchitecture,
-    rope_inv_freq,
-)
+from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.locate import ModelFiles
+
+from lmi_runtime.backends.torch_llama import PREFILL_CHUNK
 
 log = logging.getLogger("lmi_runtime.loader")
 DEFAULT_MAX_LEN = 4096
@@ -92,7 +89,8 @@ def _state_dict(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_
     return state
 
 
-def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch.device) -> LlamaForCausalLM:
+def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch.device,
+                 max_len: int) -> LlamaForCausalLM:
     with torch.device("meta"):
         model = LlamaForCausalLM(args)
     wanted = {k for k in model.state_dict() if not (k == "lm_head.weight" and args.tie_word_embeddings)}
@@ -105,7 +103,7 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     weights = {k: state[k].to(dtype) for k in wanted}
     model.load_state_dict(weights, strict=False, assign=True)
     model.tie_weights()
-    model.inv_freq = rope_inv_freq(args)  # a buffer built on the meta device above
+    model.prepare(max_len, device, dtype)
     return model.to(device).eval()
 
 
@@ -144,15 +142,58 @@ def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
 
     if args.sliding_window:
         max_len = min(max_len, args.sliding_window)  # exact attention within the window
-    model = _build_llama(args, _state_dict(files, config, dtype, hf_config), dtype, device)
+    model = _build_llama(args, _state_dict(files, config, dtype, hf_config), dtype, device, max_len)
+    kv = _kv_cache(args, config, dtype, device, max_len)
+    info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
+                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.capacity_tokens)})
+    return _torch_backend(model, tokenizer, info, kv, config)
+
+
+def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache,
+                   config: EngineConfig) -> Backend:
+    """The compact model's backend; on CUDA with compiled layers and decode graphs unless
+    `enforce_eager`."""
+    from lmi_runtime.backends.decode_graphs import DecodeGraphs
+    from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+
+    backend = TorchLlamaBackend(model, tokenizer, info, kv)
+    if kv.pool.device.type == "cuda" and not config.enforce_eager:
+        model.compile_layers()
+        backend.graphs = DecodeGraphs(backend, config.max_batch_size)
+        backend.graphs.capture(backend)
+    info.details["cuda_graphs"] = str(backend.graphs is not None).lower()
+    return backend
+
+
+def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
+              max_len: int) -> BlockKVCache:
+    """Size the pool: what a full batch of max-length sequences can use, capped by the budget
+    (`kv_cache_gib`, else on CUDA the free memory the utilization share leaves after weights
+    and an activation reserve, else 2 GiB on CPU)."""
     per_token = BlockKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
     block = config.kv_block_size
     useful = config.max_batch_size * math.ceil(max_len / block) + 1
-    budget = int(config.kv_cache_gib * 2**30) // (per_token * block)
-    num_blocks = max(2, min(useful, budget))
-    kv = BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, num_blocks, block, dtype, device)
-    info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
-                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.capacity_tokens)})
-    from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+    budget = _kv_budget_bytes(args, config, dtype, device)
+    num_blocks = max(2, min(useful, budget // (per_token * block)))
+    log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block, num_blocks * block * per_token / 2**30)
+    return BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, num_blocks, block, dtype, device)
 
-    return TorchLlamaBackend(model, tokenizer, info, kv)
+
+def _kv_budget_bytes(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device) -> int:
+    if config.kv_cache_gib is not None:
+        return int(config.kv_cache_gib * 2**30)
+    if device.type != "cuda":
+        return 2 * 2**30
+    free, total = torch.cuda.mem_get_info(device)
+    item = torch.finfo(dtype).bits // 8
+    # the largest activations of a prefill chunk (MLP in/out) and of fp32 logits for a full batch
+    reserve = 4 * PREFILL_CHUNK * (args.hidden_size + 2 * args.intermediate_size) * item
+    reserve += 3 * config.max_batch_size * args.vocab_size * 4 + 2**30  # + graphs, allocator slack
+    budget = int(total * config.gpu_memory_utilization) - (total - free) - reserve
+    if budget <= 0:
+        raise ConfigError(
+            f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB "
+            f"after the weights, {reserve / 2**30:.1f} GiB reserved for activations",
+            hint="raise gpu_memory_utilization, lower max_batch_size, or use a larger GPU",
+        )
+    return budget

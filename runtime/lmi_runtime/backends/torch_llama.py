@@ -1,29 +1,51 @@
-"""The torch backend: the compact Llama-family model (`llama_model.py`) run over the paged KV
-cache (`kv_cache.py`), device-agnostic (CPU float32 here; CUDA the same code).
+"""The torch backend: the compact Llama-family model (`llama_model.py`) over the paged KV cache
+(`kv_cache.py`), the same code on CPU and CUDA.
 
-Prefill runs all newly admitted prompts as one padded batch; decode runs one batched step over
-every running sequence, each at its own position and masked to its own length. Positions come
-from each sequence's token list, so re-running a step rewrites the same cache slots
-(idempotent, as the engine's failure isolation requires).
+Prefill packs every admitted prompt into one token batch (no padding), in chunks of at most
+`prefill_chunk` tokens so a burst of long prompts never needs more activation memory than
+one chunk; a sequence longer than a chunk is prefilled over several chunks, each attending to
+what the previous ones cached. Decode runs one step over every running sequence; on CUDA
+that step is replayed from a CUDA graph captured at start for the next batch-size bucket
+(`decode_graphs.py`). Positions come from each sequence's token list, so re-running a step
+rewrites the same cache slots (idempotent, as the engine's failure isolation requires).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 
 from lmi_runtime.backends.base import Backend, ModelInfo
 from lmi_runtime.backends.kv_cache import BlockKVCache
-from lmi_runtime.backends.llama_model import CacheView, LlamaForCausalLM
+from lmi_runtime.backends.llama_model import LlamaForCausalLM, StepInputs
 from lmi_runtime.engine.request import Sequence
+from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile
+
+PREFILL_CHUNK = 8192
+
+
+@dataclass
+class Work:
+    """One sequence's share of a forward: `q_len` new tokens ending at position `ctx_len`."""
+
+    seq_id: int
+    token_ids: list[int]  # the tokens of this forward
+    ctx_len: int
 
 
 class TorchLlamaBackend(Backend):
-    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache):
+    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache,
+                 prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.kv = kv
         self.device = kv.pool.device
+        self.prefill_chunk = prefill_chunk
+        self.max_blocks = math.ceil(info.max_model_len / kv.block_size)
+        self.graphs = None  # DecodeGraphs once captured (CUDA only)
 
     def max_reservable_tokens(self) -> int:
         return self.kv.capacity_tokens
@@ -35,37 +57,71 @@ class TorchLlamaBackend(Backend):
         self.kv.free(seq.seq_id)
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        lengths = [len(s.token_ids) for s in seqs]
-        width = max(lengths)
-        ids = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : lengths[row]] = torch.tensor(seq.token_ids)
-        lens = torch.tensor(lengths)
-        positions = torch.arange(width).expand(len(seqs), width)
-        real = positions < lens.unsqueeze(1)
-        slots = self.kv.slots([s.seq_id for s in seqs], positions)
-        view = CacheView(
-            write_slots=torch.where(real, slots, 0).to(self.device),
-            read_slots=slots.to(self.device),
-            mask=self._mask(positions, width),
-        )
-        return self.model(
-            ids.to(self.device), positions.to(self.device), self.kv.pool, view, (lens - 1).to(self.device)
-        )
+        return torch.stack([self._prefill_tokens(s.seq_id, s.token_ids, all_logits=False) for s in seqs])
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        pos = torch.tensor([len(s.token_ids) - 1 for s in seqs]).unsqueeze(1)  # [B, 1]
-        width = int(pos.max()) + 1
-        ids = torch.tensor([[s.token_ids[-1]] for s in seqs])
-        seq_ids = [s.seq_id for s in seqs]
-        view = CacheView(
-            write_slots=self.kv.slots(seq_ids, pos).to(self.device),
-            read_slots=self.kv.slots(seq_ids, torch.arange(width).expand(len(seqs), width)).to(self.device),
-            mask=self._mask(pos, width),
-        )
-        last = torch.zeros(len(seqs), dtype=torch.long, device=self.device)
-        return self.model(ids.to(self.device), pos.to(self.device), self.kv.pool, view, last)
+        if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
+            return self.graphs.run(self, seqs)
+        work = [Work(s.seq_id, s.token_ids[-1:], len(s.token_ids)) for s in seqs]
+        return self.forward(work)
 
-    def _mask(self, positions: torch.Tensor, width: int) -> torch.Tensor:
-        """[B, 1, T, L]: a token at position p sees context positions 0..p (causal, per row)."""
-        return (torch.arange(width) <= positions.unsqueeze(-1)).unsqueeze(1).to(self.device)
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits at every position of `token_ids` ([T, vocab], fp32), with no trace left in
+        the cache: row i predicts token i + 1."""
+        scratch = -1
+        if not self.kv.allocate(scratch, len(token_ids)):
+            raise RuntimeError("no KV-cache room to score this prompt now")
+        try:
+            return self._prefill_tokens(scratch, token_ids, all_logits=True).float()
+        finally:
+            self.kv.free(scratch)
+
+    def _prefill_tokens(self, seq_id: int, token_ids: list[int], all_logits: bool) -> torch.Tensor:
+        """Run one sequence's prompt in chunks; the logits of its last token (or of all)."""
+        out = []
+        for start in range(0, len(token_ids), self.prefill_chunk):
+            chunk = token_ids[start: start + self.prefill_chunk]
+            last = start + len(chunk) == len(token_ids)
+            logits = self.forward([Work(seq_id, chunk, start + len(chunk))], all_logits=all_logits)
+            if all_logits:
+                out.append(logits)
+            elif last:
+                out.append(logits[0])
+        return torch.cat(out) if all_logits else out[0]
+
+    def forward(self, work: list[Work], all_logits: bool = False) -> torch.Tensor:
+        """One eager forward over packed tokens; logits of each Work's last token (or all)."""
+        step = self.step_inputs(work, all_logits)
+        return self.model(step, self.kv.pool, self.kv.block_size)
+
+    def step_inputs(self, work: list[Work], all_logits: bool = False) -> StepInputs:
+        q_lens = [len(w.token_ids) for w in work]
+        ctx_lens = [w.ctx_len for w in work]
+        tables = self.block_tables([w.seq_id for w in work], max(ctx_lens))
+        positions = torch.tensor([p for w, n in zip(work, q_lens) for p in range(w.ctx_len - n, w.ctx_len)])
+        seq_of_token = torch.repeat_interleave(torch.arange(len(work)), torch.tensor(q_lens))
+        bs = self.kv.block_size
+        slots = tables[seq_of_token, positions // bs].long() * bs + positions % bs
+        ends = torch.tensor(q_lens).cumsum(0)
+        group = self.model.args.num_heads // self.model.args.num_kv_heads
+        block_q = max(tokens_per_tile(n, group) for n in q_lens)
+        tile_seq, tile_start = plan_tiles(q_lens, block_q)
+        dev = self.device
+
+        def i32(values) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=torch.int32).to(dev, non_blocking=True)
+
+        attn = AttnBatch(tables.to(dev, non_blocking=True), i32(ctx_lens), i32(ends - torch.tensor(q_lens)),
+                         i32(q_lens), i32(tile_seq), i32(tile_start), block_q, max(q_lens), max(ctx_lens))
+        rows = torch.arange(int(ends[-1])) if all_logits else ends - 1
+        ids = torch.tensor([t for w in work for t in w.token_ids])
+        return StepInputs(ids.to(dev), positions.to(dev), slots.to(dev), attn, rows.to(dev))
+
+    def block_tables(self, seq_ids: list[int], max_ctx: int) -> torch.Tensor:
+        """[B, W] int32 host tensor of the blocks covering the first `max_ctx` positions."""
+        width = math.ceil(max_ctx / self.kv.block_size)
+        tables = torch.zeros((len(seq_ids), width), dtype=torch.int32)
+        for row, seq_id in enumerate(seq_ids):
+            table = self.kv.table(seq_id)[:width]
+            tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        return tables

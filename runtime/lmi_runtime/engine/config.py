@@ -15,7 +15,9 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: the checkpoint's, float32 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backend: str = "auto"  # auto | torch | transformers
-    kv_cache_gib: float = 2.0  # memory for the KV-cache pool (torch backend)
+    kv_cache_gib: float | None = None  # KV-cache pool; None: free GPU memory (see gpu_memory_utilization), 2 GiB on CPU
+    gpu_memory_utilization: float = 0.9  # share of GPU memory weights + KV cache + activations may use
+    enforce_eager: bool = False  # no compiled layers or CUDA graphs (debugging, or to save start time)
     kv_block_size: int = 16
     trust_remote_code: bool = False
     served_model_name: str | None = None
@@ -28,7 +30,9 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be at least 2, got {self.max_model_len}")
-        if self.kv_cache_gib <= 0:
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
         if self.backend not in ("auto", "torch", "transformers"):
             raise ConfigError(

@@ -1,0 +1,222 @@
+"""Serving speed on a CUDA GPU, every figure against baselines measured in the same run.
+
+  python3 scripts/bench_gpu.py --tokenizer DIR [--model llama2-7b|tiny|PATH] [--out DIR]
+
+For each model: the bandwidth ceiling (a device-to-device copy's bytes read + written per second,
+what HBM moves, divided by the weight bytes one decode step reads), transformers `generate` at batch 1 and 64,
+lmi-serve's engine single-stream decode, 64 concurrent requests (128 prompt / 128 new tokens,
+EOS ignored), time to first token at 1 and 64, and one forward pass over a 128-token prompt.
+Prints a table, writes bench_gpu.json and (with matplotlib) bench_gpu.png under --out.
+The Llama-2-7B shape uses random fp16 weights (no download): speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
+
+from lmi_runtime.backends.loader import load_backend  # noqa: E402
+from lmi_runtime.engine.config import EngineConfig  # noqa: E402
+from lmi_runtime.engine.engine import LLMEngine  # noqa: E402
+from lmi_runtime.engine.offline import generate  # noqa: E402
+from lmi_runtime.engine.request import SamplingParams  # noqa: E402
+from lmi_runtime.locate import inspect_folder  # noqa: E402
+
+SHAPES = {
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
+    "tiny": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
+                 num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096),
+}
+PROMPT, NEW, CONCURRENT = 128, 128, 64
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second by a 4 GiB device-to-device copy (best of 5)."""
+    src = torch.empty(2**31, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(lambda: dst.copy_(src)) for _ in range(5))
+    del src, dst
+    return 2 * 2**31 / best
+
+
+def random_folder(shape: str, tokenizer_dir: Path, out: Path, dtype: torch.dtype) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], torch_dtype=dtype)).to(dtype)
+    model.save_pretrained(out, safe_serialization=True)
+    for file in tokenizer_dir.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            (out / file.name).write_bytes(file.read_bytes())
+    del model
+    return out
+
+
+def prompts(count: int, vocab: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(100, min(vocab, 30000), (count, PROMPT), generator=gen).tolist()
+
+
+def bench_transformers(folder: Path, dtype: torch.dtype, vocab: int) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).cuda().eval()
+    out = {}
+    for batch in (1, CONCURRENT):
+        ids = torch.tensor(prompts(batch, vocab), device="cuda")
+
+        def run():
+            model.generate(ids, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+
+        run()  # warm-up
+        out[f"hf_generate_b{batch}_tok_s"] = batch * NEW / timed(run)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool) -> dict:
+    config = EngineConfig(device="cuda", dtype=dtype_name, max_batch_size=CONCURRENT, enforce_eager=eager,
+                          max_model_len=1024)
+    started = time.perf_counter()
+    backend = load_backend(inspect_folder(folder), config)
+    load_s = time.perf_counter() - started
+    backend.info.eos_token_ids = set()  # random weights: run every request to its length
+    engine = LLMEngine(backend, config)
+    params = SamplingParams(max_new_tokens=NEW)
+    generate(engine, prompts(2, vocab), params)  # warm-up
+    single = [generate(engine, prompts(1, vocab), params)[0] for _ in range(3)]
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    many = generate(engine, prompts(CONCURRENT, vocab), params)
+    wall = time.perf_counter() - start
+    forward = statistics.median(timed(lambda: _prefill_once(backend, prompts(1, vocab)[0])) for _ in range(5))
+    result = {
+        "load_s": load_s,
+        "single_decode_tok_s": max(c.decode_tokens_per_s for c in single),
+        "single_ttft_s": min(c.ttft for c in single),
+        f"c{CONCURRENT}_tok_s": sum(len(c.token_ids) for c in many) / wall,
+        f"c{CONCURRENT}_ttft_p50_s": statistics.median(c.ttft for c in many),
+        "prompt_forward_s": forward,
+        "kv_cache_tokens": int(backend.info.details["kv_cache_tokens"]),
+    }
+    del engine, backend
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
+def _prefill_once(backend, prompt_ids: list[int]) -> None:
+    from lmi_runtime.engine.request import Sequence
+
+    seq = Sequence(prompt_ids, SamplingParams(), max_new_tokens=1)
+    backend.reserve(seq)
+    try:
+        backend.prefill([seq])
+    finally:
+        backend.free(seq)
+
+
+def step_bytes(folder: Path) -> int:
+    """Weight bytes one decode step reads: all but the embedding table (one row of it is read),
+    which lm_head reads in full when the two are tied."""
+    config = json.loads((folder / "config.json").read_text())
+    total = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    item = 4 if (config.get("dtype") or config.get("torch_dtype")) == "float32" else 2
+    embed = config["vocab_size"] * config["hidden_size"] * item
+    return total if config.get("tie_word_embeddings") else total - embed
+
+
+def report(name: str, figures: dict, out: Path) -> None:
+    ceiling = figures["ceiling_tok_s"]
+    ours = figures["graphs"]
+    rows = [
+        ("copy bandwidth (TB/s, read+write)", figures["copy_tb_s"], ""),
+        ("ceiling single-stream (tok/s)", ceiling, "1.00x ceiling"),
+        ("transformers generate b=1 (tok/s)", figures["hf_generate_b1_tok_s"],
+         f"{figures['hf_generate_b1_tok_s'] / ceiling:.2f}x ceiling"),
+        ("ours eager single-stream decode (tok/s)", figures["eager"]["single_decode_tok_s"],
+         f"{figures['eager']['single_decode_tok_s'] / ceiling:.2f}x ceiling"),
+        ("ours single-stream decode (tok/s)", ours["single_decode_tok_s"],
+         f"{ours['single_decode_tok_s'] / ceiling:.2f}x ceiling"),
+        (f"transformers generate b={CONCURRENT} (tok/s)", figures[f"hf_generate_b{CONCURRENT}_tok_s"], "1.00x hf"),
+        (f"ours eager {CONCURRENT} concurrent (tok/s)", figures["eager"][f"c{CONCURRENT}_tok_s"],
+         f"{figures['eager'][f'c{CONCURRENT}_tok_s'] / figures[f'hf_generate_b{CONCURRENT}_tok_s']:.2f}x hf"),
+        (f"ours {CONCURRENT} concurrent (tok/s)", ours[f"c{CONCURRENT}_tok_s"],
+         f"{ours[f'c{CONCURRENT}_tok_s'] / figures[f'hf_generate_b{CONCURRENT}_tok_s']:.2f}x hf"),
+        ("one forward over the prompt (ms)", 1e3 * ours["prompt_forward_s"], ""),
+        ("ours TTFT c=1 (ms)", 1e3 * ours["single_ttft_s"],
+         f"{ours['single_ttft_s'] / ours['prompt_forward_s']:.2f}x forward"),
+        (f"ours TTFT c={CONCURRENT} p50 (ms)", 1e3 * ours[f"c{CONCURRENT}_ttft_p50_s"], ""),
+        ("load + compile + capture (s)", ours["load_s"], f"eager load {figures['eager']['load_s']:.1f} s"),
+    ]
+    print(f"\n{name} ({figures['dtype']}, {figures['device']}, {PROMPT} in / {NEW} out)")
+    for label, value, ratio in rows:
+        print(f"  {label:<42} {value:>10.2f}  {ratio}")
+    (out / f"bench_gpu_{name}.json").write_text(json.dumps(figures, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar(["ceiling", "hf b=1", "eager", "ours"], [ceiling, figures["hf_generate_b1_tok_s"],
+             figures["eager"]["single_decode_tok_s"], ours["single_decode_tok_s"]])
+    left.set_title("single-stream decode, tok/s")
+    right.bar([f"hf b={CONCURRENT}", "eager", "ours"], [figures[f"hf_generate_b{CONCURRENT}_tok_s"],
+              figures["eager"][f"c{CONCURRENT}_tok_s"], ours[f"c{CONCURRENT}_tok_s"]])
+    right.set_title(f"{CONCURRENT} concurrent, tok/s")
+    fig.suptitle(f"{name}, {figures['dtype']}, {figures['device']}")
+    fig.tight_layout()
+    fig.savefig(out / f"bench_gpu_{name}.png", dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", help="llama2-7b, tiny or a model folder (repeatable)")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with tokenizer files")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, args.dtype)
+    bandwidth = copy_bandwidth()
+    for name in args.model or ["llama2-7b"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(name) if name not in SHAPES else random_folder(name, args.tokenizer, Path(tmp), dtype)
+            vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+            figures = {"dtype": args.dtype, "device": torch.cuda.get_device_name(), "copy_tb_s": bandwidth / 1e12,
+                       "ceiling_tok_s": bandwidth / step_bytes(folder)}
+            figures |= bench_transformers(folder, dtype, vocab)
+            figures["eager"] = bench_ours(folder, args.dtype, vocab, eager=True)
+            figures["graphs"] = bench_ours(folder, args.dtype, vocab, eager=False)
+            report(Path(name).name, figures, args.out)
+
+
+if __name__ == "__main__":
+    main()

