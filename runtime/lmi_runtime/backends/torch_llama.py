@@ -14,7 +14,7 @@ import torch
 from lmi_runtime.backends.base import Backend, ModelInfo
 from lmi_runtime.backends.kv_cache import BlockKVCache
 from lmi_runtime.backends.llama_model import CacheView, LlamaForCausalLM
-from lmi_runtime.engine.request import Sequence
+from lmi_runtime.engine.request import SamplingParams, Sequence
 
 
 class TorchLlamaBackend(Backend):
@@ -52,6 +52,21 @@ class TorchLlamaBackend(Backend):
         return self.model(
             ids.to(self.device), positions.to(self.device), self.kv.pool, view, (lens - 1).to(self.device)
         )
+
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """All-position logits through a temporary sequence in the KV cache, freed at once."""
+        temp = Sequence(token_ids, SamplingParams(), max_new_tokens=0)
+        if not self.reserve(temp):
+            raise RuntimeError("no KV-cache room to score the prompt now; retry later")
+        try:
+            positions = torch.arange(len(token_ids)).unsqueeze(0)
+            slots = self.kv.slots([temp.seq_id], positions).to(self.device)
+            view = CacheView(write_slots=slots, read_slots=slots, mask=self._mask(positions, len(token_ids)))
+            every = positions.to(self.device)  # `last` [1, T]: the logits of every position
+            ids = torch.tensor([token_ids], device=self.device)
+            return self.model(ids, every, self.kv.pool, view, every)[0].float()
+        finally:
+            self.free(temp)
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         pos = torch.tensor([len(s.token_ids) - 1 for s in seqs]).unsqueeze(1)  # [B, 1]
