@@ -149,7 +149,7 @@ class LLMEngine:
             raise RequestRejected(
                 f"the prompt has {prompt} tokens; this model accepts at most {limit - 1} "
                 f"(context {limit} tokens = prompt + new tokens, at least one new token)",
-                status=400, hint="shorten the prompt",
+                status=413, hint="shorten the prompt",
             )
         if params.clamp_max_new_tokens:
             return limit - prompt
