@@ -170,3 +170,31 @@ def test_failure_mid_stream_ends_with_error_token(backend):
         fine = httpx.post(f"{server.url}/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
         assert fine.status_code == 200
     assert own.kv.free_blocks == own.kv.num_blocks - 1
+
+
+def test_lmi_details_prefill_top_tokens_and_samples(client, backend, reference):
+    body = {"inputs": "The capital of France is",
+            "parameters": {"max_new_tokens": 4, "details": True, "decoder_input_details": True, "top_n_tokens": 2}}
+    res = client.post("/invocations", json=body).json()
+    details = res["details"]
+    assert [t["id"] for t in details["tokens"]] == list(reference(body["inputs"], 4))
+    assert [t["id"] for t in details["prefill"]] == backend.tokenizer(body["inputs"])["input_ids"]
+    assert details["prefill"][0]["log_prob"] is None
+    assert all(top[0]["id"] == t["id"] and len(top) == 2 for top, t in zip(details["top_tokens"], details["tokens"]))
+    sampled = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 6, "temperature": 0.9, "seed": 11,
+                                                             "n": 3, "details": True}}
+    first = client.post("/invocations", json=sampled).json()
+    assert len(first["details"]["best_of_sequences"]) == 2  # temperature without do_sample samples (LMI ≥ 0.32)
+    assert client.post("/invocations", json=sampled).json() == first
+    forced = {"inputs": "Hi", "parameters": {"max_new_tokens": 12, "ignore_eos_token": True, "details": True}}
+    assert client.post("/invocations", json=forced).json()["details"]["generated_tokens"] == 12
+
+
+def test_streaming_a_list_of_inputs(client):
+    inputs = ["The capital of France is", "Water boils at"]
+    body = {"inputs": inputs, "parameters": {"max_new_tokens": 4}}
+    whole = client.post("/invocations", json=body).json()
+    lines = [json.loads(line) for line in client.post("/invocations", json={**body, "stream": True}).text.splitlines()]
+    for index, result in enumerate(whole):
+        own = [line for line in lines if line["index"] == index]
+        assert "".join(line["token"]["text"] for line in own) == result["generated_text"] == own[-1]["generated_text"]
