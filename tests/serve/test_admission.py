@@ -126,3 +126,18 @@ def test_a_huge_prompt_does_not_stall_the_server(live):
     thread.join()
     assert small.status_code == 200 and done["status"] == 413
     assert answered < done["big"], "the small request waited for the huge prompt's tokenization"
+
+
+def test_a_client_leaving_during_the_body_read_is_a_499(live, caplog):
+    import socket
+
+    before = live.metric("lmi_requests_total", '{path="/invocations",status="499"}', default=0.0)
+    with socket.create_connection(("127.0.0.1", live.port)) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"inputs\": \"hel")
+        time.sleep(0.3)
+    end = time.monotonic() + 10
+    while live.metric("lmi_requests_total", '{path="/invocations",status="499"}', default=0.0) == before:
+        assert time.monotonic() < end, "the abandoned request was not counted as 499"
+        time.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR" and "unexpected" in r.getMessage()]

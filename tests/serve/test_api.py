@@ -198,3 +198,43 @@ def test_streaming_a_list_of_inputs(client):
     for index, result in enumerate(whole):
         own = [line for line in lines if line["index"] == index]
         assert "".join(line["token"]["text"] for line in own) == result["generated_text"] == own[-1]["generated_text"]
+
+
+class ForkingBackend:
+    """The real backend with a `fork` that gives the child its own prefilled cache (what a
+    block-sharing fork achieves), counting prefills: the extra samples must not be prefilled
+    through `prefill` and must decode as their own prefill would have."""
+
+    def __init__(self, inner):
+        self.inner, self.prefilled, self.forked = inner, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, seqs):
+        self.prefilled += len(seqs)
+        return self.inner.prefill(seqs)
+
+    def fork(self, parent, child):
+        self.inner.prefill([child])  # stands in for copying the parent's blocks
+        self.forked += 1
+        return True
+
+
+def test_samples_of_one_request_share_the_prefill_when_the_backend_can_fork(backend, reference):
+    from lmi_runtime.engine.engine import LLMEngine
+    from lmi_runtime.engine.request import SamplingParams
+
+    own = ForkingBackend(sibling_backend(backend, 4))
+    engine = LLMEngine(own, EngineConfig(max_batch_size=4))
+    prompt = "The capital of France is"
+    ids = own.tokenizer(prompt)["input_ids"]
+    sinks: list[list] = [[], [], []]
+    first = engine.add_request(ids, SamplingParams(max_new_tokens=4), sinks[0].append)
+    for sink in sinks[1:]:
+        engine.add_request(ids, SamplingParams(max_new_tokens=4), sink.append, fork_of=first)
+    while engine.has_work():
+        engine.step()
+    assert (own.prefilled, own.forked) == (1, 2)
+    for sink in sinks:
+        assert [e.id for e in sink[:-1]] == list(reference(prompt, 4))
