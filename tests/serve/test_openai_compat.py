@@ -56,6 +56,11 @@ def test_generated_logprobs_top_n_and_echo_with_generation(sdk, backend, referen
     both = sdk.completions.create(model="m", prompt=PROMPT, max_tokens=1, echo=True, logprobs=1, temperature=0)
     prompt_len = len(backend.tokenizer(PROMPT)["input_ids"])
     assert both.choices[0].text.startswith(PROMPT) and len(both.choices[0].logprobs.tokens) == prompt_len + 1
+    chunks = list(sdk.completions.create(model="m", prompt=PROMPT, max_tokens=1, echo=True, logprobs=1,
+                                         temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == both.choices[0].text
+    streamed = [x for c in chunks if c.choices[0].logprobs for x in c.choices[0].logprobs.token_logprobs]
+    assert streamed[0] is None and streamed[1:] == pytest.approx(both.choices[0].logprobs.token_logprobs[1:])
 
 
 def test_chat_logprobs_and_streaming_usage(sdk):

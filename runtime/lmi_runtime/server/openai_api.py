@@ -272,7 +272,10 @@ async def chat(state: ServerState, request: Request, raw: bytes) -> Response:
     body, ignored = parse_openai(raw, ChatRequest, state.strict_params)
     state.ready()
     top = (body.top_logprobs or 0) if body.logprobs else None
-    params = sampling_params(body, body.max_completion_tokens or body.max_tokens or None, top)
+    max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens == 0:
+        raise HTTPError(400, "'max_tokens' must be at least 1 for chat", param="max_tokens")
+    params = sampling_params(body, max_tokens, top)
     count = _samples(body.n, None, body.stream)
     model = body.model or state.info.name  # type: ignore[union-attr]
     [group] = submit(state, [await chat_prompt(state, body)], params, count)
