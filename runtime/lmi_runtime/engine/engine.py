@@ -181,13 +181,16 @@ class LLMEngine:
     def _score_prompts(self, admitted: list[Sequence]) -> list[Sequence]:
         """Send the prompt log-probs of those that asked; return those that go on to generate."""
         for seq in [s for s in admitted if s.params.prompt_logprobs is not None]:
-            if self._isolated([seq], lambda batch: [self._prompt_logprobs(batch[0])])[0] is None:
+            try:
+                self._send_prompt_logprobs(seq)
+            except Exception:  # noqa: BLE001 - fails this request only
+                self._fail(seq, self._error_text())
                 continue
             if seq.max_new_tokens == 0:
                 self._finish(seq, FinishReason.LENGTH)
         return [s for s in admitted if s.seq_id in self._active and s.max_new_tokens > 0]
 
-    def _prompt_logprobs(self, seq: Sequence) -> bool:
+    def _send_prompt_logprobs(self, seq: Sequence) -> None:
         logprobs = torch.log_softmax(self.backend.score(seq.prompt_ids).float(), dim=-1)[:-1]
         targets = torch.tensor(seq.prompt_ids[1:], device=logprobs.device)
         chosen = logprobs[torch.arange(len(targets), device=logprobs.device), targets].tolist()
@@ -196,7 +199,6 @@ class LLMEngine:
         tokens = [PromptLogprob(seq.prompt_ids[0], None, None)]
         tokens += [PromptLogprob(t, lp, top) for t, lp, top in zip(seq.prompt_ids[1:], chosen, tops)]
         self._active[seq.seq_id].sink(PromptEvent(tokens))
-        return True
 
     def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, torch.Tensor]]:
         """Prefill; an extra sample whose first sample is prefilled in this batch takes that
