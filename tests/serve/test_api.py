@@ -54,6 +54,16 @@ def test_chat_via_invocations_and_stop(client):
     assert cut["choices"][0]["finish_reason"] == "stop"
     raw = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "stream": True})
     assert raw.text.rstrip().endswith("data: [DONE]")
+    # LMI's own chat test payload asks for log-probs
+    scored = client.post("/invocations", json={**body, "max_tokens": 4, "logprobs": True, "top_logprobs": 3}).json()
+    assert [len(c["top_logprobs"]) for c in scored["choices"][0]["logprobs"]["content"]] == [3] * 4
+    # what load generators send: ignore_eos and continuous_usage_stats, streamed
+    load = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 5, "stream": True, "ignore_eos": True,
+                                                 "stream_options": {"include_usage": True,
+                                                                    "continuous_usage_stats": True}})
+    assert load.headers["x-lmi-ignored-params"] == "stream_options.continuous_usage_stats"
+    chunks = [json.loads(line[6:]) for line in load.text.splitlines() if line.startswith("data: {")]
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
 
 
 TOO_LONG = "hello " * 5000
