@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lm_eval  # the [dev] extra
 import pytest
 import torch
-
-lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is in the [dev] extra")
 
 MC = [
     {"question": "The capital of France is", "choices": [" Paris", " Berlin", " Rome"], "answer": 0},

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 
+from lmi_runtime.serve_options import tgi_compat
 from lmi_runtime.server.app import create_app
 from lmi_runtime.server.common import ServerState
 
@@ -76,3 +77,10 @@ def test_tgi_compat_mode_on_invocations(live):
         assert "".join(e["token"]["text"] for e in events) == " Paris.\n" == events[-1]["generated_text"]
         bad = c.post("/invocations", json={"inputs": PROMPT, "parameters": {"nope": 1}})
         assert bad.status_code == 422 and bad.json()["error_type"] == "validation"
+
+
+def test_tgi_compat_option_from_the_environment_or_serving_properties(tmp_path):
+    assert tgi_compat(env={"OPTION_TGI_COMPAT": "true"}) is True
+    assert tgi_compat(env={}) is False
+    (tmp_path / "serving.properties").write_text("option.tgi_compat=true\n")
+    assert tgi_compat(env={}, model_dir=tmp_path) is True
