@@ -211,11 +211,18 @@ class LLMEngine:
         late = []
         for child in forks:
             row = rows.get(child.fork_of.seq_id)  # type: ignore[union-attr]
-            if row is not None and self.backend.fork(child.fork_of, child):  # type: ignore[arg-type]
+            if row is not None and self._fork(child.fork_of, child):  # type: ignore[arg-type]
                 ready.append((child, row))
             else:
                 late.append(child)
         return ready + self._forward(self.backend.prefill, late) if late else ready
+
+    def _fork(self, parent: Sequence, child: Sequence) -> bool:
+        try:
+            return self.backend.fork(parent, child)
+        except Exception:  # noqa: BLE001 - a failed fork falls back to the child's own prefill
+            log.warning("fork of sequence %d failed; prefilling it", child.seq_id, exc_info=True)
+            return False
 
     def _forward(
         self, forward: Callable[[list[Sequence]], torch.Tensor], seqs: list[Sequence]
