@@ -37,6 +37,12 @@ async def decode_each(state: ServerState, ids: list[int]) -> list[str]:
     return await asyncio.to_thread(lambda: [tokenizer.decode([i]) for i in ids])  # type: ignore[attr-defined]
 
 
+async def listed(state: ServerState, scored: list[tuple[int, float | None]], key: str) -> list[dict]:
+    """`[{"id", "text", key: log-prob}]`, each with the token's own text (LMI: `log_prob`, TGI: `logprob`)."""
+    texts = await decode_each(state, [i for i, _ in scored])
+    return [{"id": i, "text": t, key: lp} for (i, lp), t in zip(scored, texts)]
+
+
 def stop_list(*values: str | list[str] | None) -> list[str]:
     out: list[str] = []
     for value in values:

@@ -28,20 +28,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmi_runtime.engine.engine import RequestStream
-from lmi_runtime.engine.request import FinishEvent, FinishReason, PromptLogprob, TokenEvent
+from lmi_runtime.engine.request import FinishEvent, FinishReason, TokenEvent
 from lmi_runtime.server import openai_api, tgi
 from lmi_runtime.server.common import HTTPError, ServerState
 from lmi_runtime.server.generation import (
     Outcome,
     collect_all,
-    decode_each,
     encode,
     failed,
+    listed,
     ranked,
     submit,
 )
-from lmi_runtime.server.parsing import load_json, parse_strict
 from lmi_runtime.server.lmi_params import samples, sampling_params
+from lmi_runtime.server.parsing import load_json, parse_strict
 from lmi_runtime.server.schemas import LmiParameters, LmiRequest
 
 JSONLINES = "application/jsonlines"
@@ -50,16 +50,6 @@ SSE = "text/event-stream"
 
 def token_json(token: TokenEvent) -> dict:
     return {"id": token.id, "text": token.text, "log_prob": token.log_prob}
-
-
-async def top_json(state: ServerState, top: list[tuple[int, float]], key: str = "log_prob") -> list[dict]:
-    texts = await decode_each(state, [i for i, _ in top])
-    return [{"id": i, "text": t, key: lp} for (i, lp), t in zip(top, texts)]
-
-
-async def prefill_json(state: ServerState, prompt: list[PromptLogprob], key: str = "log_prob") -> list[dict]:
-    texts = await decode_each(state, [p.id for p in prompt])
-    return [{"id": p.id, "text": t, key: p.log_prob} for p, t in zip(prompt, texts)]
 
 
 def details_json(finish: FinishEvent, inputs: str) -> dict:
@@ -82,9 +72,9 @@ async def result_json(state: ServerState, inputs: str, outs: list[Outcome], p: L
 async def _details(state: ServerState, inputs: str, out: Outcome, p: LmiParameters) -> dict:
     details = {**details_json(out.finish, inputs), "tokens": [token_json(t) for t in out.tokens]}  # type: ignore[arg-type]
     if out.prompt is not None:
-        details["prefill"] = await prefill_json(state, out.prompt)
+        details["prefill"] = await listed(state, [(t.id, t.log_prob) for t in out.prompt], "log_prob")
     if p.top_n_tokens:
-        details["top_tokens"] = [await top_json(state, t.top or []) for t in out.tokens]
+        details["top_tokens"] = [await listed(state, t.top or [], "log_prob") for t in out.tokens]
     return details
 
 
@@ -111,7 +101,7 @@ async def stream_lines(state: ServerState, streams: list[RequestStream], inputs:
                         yield _frame(pending[index], sse)
                     pending[index] = {**({"index": index} if tag else {}), "token": token_json(event)}
                     if p.top_n_tokens and event.top:
-                        pending[index]["top_tokens"] = await top_json(state, event.top)
+                        pending[index]["top_tokens"] = await listed(state, event.top, "log_prob")
                     continue
                 if isinstance(event, FinishEvent):
                     last = pending.pop(index, None)

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from lmi_runtime.engine.engine import RequestStream
 from lmi_runtime.engine.request import FinishEvent, FinishReason, TokenEvent
 from lmi_runtime.server.common import HTTPError, ServerState
-from lmi_runtime.server.generation import Outcome, collect_all, decode_each, encode, failed, ranked, submit
+from lmi_runtime.server.generation import Outcome, collect_all, encode, failed, listed, ranked, submit
 from lmi_runtime.server.lmi_params import samples, sampling_params
 from lmi_runtime.server.parsing import parse_strict
 from lmi_runtime.server.schemas import LmiParameters, LmiRequest
@@ -40,17 +40,13 @@ def token_json(state: ServerState, token: TokenEvent) -> dict:
 
 
 async def _tops(state: ServerState, top: list[tuple[int, float]]) -> list[dict]:
-    texts = await decode_each(state, [i for i, _ in top])
     special = _special(state)
-    return [{"id": i, "text": t, "logprob": lp, "special": i in special} for (i, lp), t in zip(top, texts)]
+    return [{**item, "special": item["id"] in special} for item in await listed(state, top, "logprob")]
 
 
 async def _sequence(state: ServerState, inputs: str, out: Outcome, p: LmiParameters) -> dict:
     finish: FinishEvent = out.finish  # type: ignore[assignment]
-    prefill = []
-    if out.prompt is not None:
-        texts = await decode_each(state, [t.id for t in out.prompt])
-        prefill = [{"id": t.id, "text": s, "logprob": t.log_prob} for t, s in zip(out.prompt, texts)]
+    prefill = [] if out.prompt is None else await listed(state, [(t.id, t.log_prob) for t in out.prompt], "logprob")
     seq = {
         "generated_text": (inputs if p.return_full_text else "") + finish.text,
         "finish_reason": finish.reason.value,
