@@ -75,6 +75,10 @@ def test_tgi_compat_mode_on_invocations(live):
         events = [json.loads(line[len("data:"):]) for line in lines]
         assert all(line.startswith("data:") for line in lines)
         assert "".join(e["token"]["text"] for e in events) == " Paris.\n" == events[-1]["generated_text"]
+        generate = c.post("/generate", json=body).json()
+        assert generate["generated_text"] == " Paris.\n" and generate["details"]["prefill"] == []
+        asked = c.post("/generate", json=body, headers={"Accept": "text/event-stream"}).text
+        assert asked.startswith("data:") and json.loads(asked.strip().splitlines()[-1][5:])["details"]
         bad = c.post("/invocations", json={"inputs": PROMPT, "parameters": {"nope": 1}})
         assert bad.status_code == 422 and bad.json()["error_type"] == "validation"
 

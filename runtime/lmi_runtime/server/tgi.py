@@ -4,7 +4,7 @@ calls) and `/invocations` under `OPTION_TGI_COMPAT=true`.
 
 Request: LMI's `{"inputs": str, "parameters": {...}, "stream": bool}` (the same parameter rules,
 `truncate` keeps the last N prompt tokens as TGI does). Answers in TGI's shapes:
-`/generate` an object `{"generated_text", "details"?}`, `/` and `/invocations` a list of one
+`/generate` an object `{"generated_text", "details"?}` (events with `Accept: text/event-stream`), `/` and `/invocations` a list of one
 such object (non-streaming); streaming is server-sent events, one
 `{"index", "token": {"id", "text", "logprob", "special"}, "top_tokens"?, "generated_text",
 "details"}` per token, the last one with `generated_text` and `details`
@@ -131,7 +131,8 @@ async def compat(state: ServerState, request: Request, raw: bytes) -> Response:
 def register(router: APIRouter, state: ServerState) -> None:
     @router.post("/generate")
     async def generate(request: Request) -> Response:
-        return await run(state, request, await request.body(), False, as_list=False)
+        streaming = SSE in request.headers.get("accept", "")  # a client asking for events gets them
+        return await run(state, request, await request.body(), streaming, as_list=False)
 
     @router.post("/generate_stream")
     async def generate_stream(request: Request) -> Response:
