@@ -29,19 +29,18 @@ OPTION_FIELDS: dict[str, type] = {
 
 def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
                   model_dir: Path | None = None) -> EngineConfig:
-    values = _from_serving_config(_serving_config(env, model_dir))
+    properties = model_dir / "serving.properties" if model_dir is not None else None
+    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    values = _from_serving_config(config)
     values.update({name: value for name, value in cli.items() if value is not None})
     return EngineConfig(**values)
 
 
 def tgi_compat(env: Mapping[str, str] | None = None, model_dir: Path | None = None) -> bool:
-    """option.tgi_compat (OPTION_TGI_COMPAT): /invocations answers in TGI's shapes."""
-    return _serving_config(env, model_dir).options.get("tgi_compat", "false").strip().lower() == "true"
-
-
-def _serving_config(env: Mapping[str, str] | None, model_dir: Path | None) -> ServingConfig:
+    """option.tgi_compat (OPTION_TGI_COMPAT), with the precedence above: /invocations answers in TGI's shapes."""
     properties = model_dir / "serving.properties" if model_dir is not None else None
-    return load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    return config.options.get("tgi_compat", "false").strip().lower() == "true"
 
 
 def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
