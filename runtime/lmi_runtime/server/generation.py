@@ -104,8 +104,15 @@ async def collect_all(request: Request, streams: list[RequestStream]) -> list[Ou
     finally:
         gone.cancel()
         if not gathered.done():
+            gathered.add_done_callback(_settle)
             gathered.cancel()
         cancel(streams)
+
+
+def _settle(future: asyncio.Future) -> None:
+    """Take the CancelledError of an abandoned collection, so asyncio does not report it."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _disconnected(request: Request) -> None:
