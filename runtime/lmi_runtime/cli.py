@@ -17,7 +17,7 @@ import typer
 from lmi_runtime.cli_support import stderr, user_errors
 from lmi_runtime.errors import LmiError
 from lmi_runtime.locate import resolve_location
-from lmi_runtime.serve_options import engine_config
+from lmi_runtime.serve_options import engine_config, tgi_compat
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -39,6 +39,7 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
+    strict_params: bool = typer.Option(False, "--strict-params", help="Refuse unknown fields on the OpenAI routes too (400)."),
 ) -> None:
     """Serve a model: SageMaker /ping and /invocations (LMI schema), OpenAI /v1/*, /metrics."""
     import uvicorn
@@ -54,13 +55,14 @@ def serve(
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening
-    state = ServerState()
+    state = ServerState(strict_params=strict_params)
     server = uvicorn.Server(uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level))
     failure: list[LmiError] = []
 
     def load() -> None:
         try:  # an s3:// artifact downloads here, while /ping answers 503
             location = resolve_location(artifact)
+            state.tgi_compat = tgi_compat(model_dir=location)
             load_into(state, location, engine_config(options, model_dir=location))
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
             state.load_error = f"loading failed: {err}"

@@ -36,6 +36,13 @@ def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     return EngineConfig(**values)
 
 
+def tgi_compat(env: Mapping[str, str] | None = None, model_dir: Path | None = None) -> bool:
+    """option.tgi_compat (OPTION_TGI_COMPAT), with the precedence above: /invocations answers in TGI's shapes."""
+    properties = model_dir / "serving.properties" if model_dir is not None else None
+    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    return config.options.get("tgi_compat", "false").strip().lower() == "true"
+
+
 def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
     values: dict[str, Any] = {
         "max_batch_size": config.max_rolling_batch_size,

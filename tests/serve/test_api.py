@@ -54,6 +54,16 @@ def test_chat_via_invocations_and_stop(client):
     assert cut["choices"][0]["finish_reason"] == "stop"
     raw = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3, "stream": True})
     assert raw.text.rstrip().endswith("data: [DONE]")
+    # LMI's own chat test payload asks for log-probs
+    scored = client.post("/invocations", json={**body, "max_tokens": 4, "logprobs": True, "top_logprobs": 3}).json()
+    assert [len(c["top_logprobs"]) for c in scored["choices"][0]["logprobs"]["content"]] == [3] * 4
+    # what load generators send: ignore_eos and continuous_usage_stats, streamed
+    load = client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 5, "stream": True, "ignore_eos": True,
+                                                 "stream_options": {"include_usage": True,
+                                                                    "continuous_usage_stats": True}})
+    assert load.headers["x-lmi-ignored-params"] == "stream_options.continuous_usage_stats"
+    chunks = [json.loads(line[6:]) for line in load.text.splitlines() if line.startswith("data: {")]
+    assert chunks[-1]["usage"]["completion_tokens"] == 5
 
 
 TOO_LONG = "hello " * 5000
@@ -67,15 +77,22 @@ BAD = [
     ({"inputs": 5}, 422, "inputs"),
     ({"inputs": "hi", "parameters": {"max_new_tokens": -3}}, 422, "max_new_tokens"),
     ({"inputs": "hi", "parameters": {"max_new_tokens": "ten"}}, 422, "max_new_tokens"),
-    ({"inputs": "hi", "parameters": {"max_new_tokens": 10**9}}, 422, "at most 4096 tokens"),
+    ({"inputs": "hi", "parameters": {"max_new_tokens": 10**9}}, 400,
+     "prompt (1 tokens) + max_new_tokens (1000000000) = 1000000001 tokens exceeds this model's context of 4096"),
+    (b'{"inputs": "hi", "parameters": {"temperature": 1e999}}', 422, "finite"),
+    (b'{"inputs": "hi", "parameters": {"repetition_penalty": Infinity}}', 400, "Infinity is not a JSON value"),
+    ({"inputs": "hi", "parameters": {"repetition_penalty": 1e-300}}, 422, "repetition_penalty"),
+    ({"inputs": "hi", "parameters": {"typical_p": 0.5}}, 422, "typical_p"),
+    ({"inputs": "hi", "parameters": {"decoder_input_details": True}, "stream": True}, 400, "cannot stream"),
     ({"inputs": "hi", "parameters": {"temperature": -1}}, 422, "temperature"),
     ({"inputs": "hi", "parameters": {"max_new_tokenz": 5}}, 422, "unknown parameter 'parameters.max_new_tokenz'"),
     ({"inputs": "hi", "typo": 1}, 422, "unknown parameter 'typo'"),
-    ({"inputs": ["a", "b"], "stream": True}, 400, "one input"),
     ({"inputs": TOO_LONG}, 413, "at most 4095"),
-    ({"prompt": "hi", "n": 2}, 422, "'n'"),
-    ({"messages": []}, 422, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, 422, "role"),
+    ({"prompt": "hi", "n": 0}, 400, "'n'"),
+    ({"prompt": "hi", "max_tokens": 0}, 400, "'max_tokens' 0"),
+    ({"prompt": "hi", "suffix": "x"}, 400, "'suffix' is not supported"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
 ]
 
 
@@ -163,3 +180,71 @@ def test_failure_mid_stream_ends_with_error_token(backend):
         fine = httpx.post(f"{server.url}/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
         assert fine.status_code == 200
     assert own.kv.free_blocks == own.kv.num_blocks - 1
+
+
+def test_lmi_details_prefill_top_tokens_and_samples(client, backend, reference):
+    body = {"inputs": "The capital of France is",
+            "parameters": {"max_new_tokens": 4, "details": True, "decoder_input_details": True, "top_n_tokens": 2}}
+    res = client.post("/invocations", json=body).json()
+    details = res["details"]
+    assert [t["id"] for t in details["tokens"]] == list(reference(body["inputs"], 4))
+    assert [t["id"] for t in details["prefill"]] == backend.tokenizer(body["inputs"])["input_ids"]
+    assert details["prefill"][0]["log_prob"] is None
+    assert all(top[0]["id"] == t["id"] and len(top) == 2 for top, t in zip(details["top_tokens"], details["tokens"]))
+    sampled = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 6, "temperature": 0.9, "seed": 11,
+                                                             "n": 3, "details": True}}
+    first = client.post("/invocations", json=sampled).json()
+    assert len(first["details"]["best_of_sequences"]) == 2  # temperature without do_sample samples (LMI ≥ 0.32)
+    assert client.post("/invocations", json=sampled).json() == first
+    forced = {"inputs": "Hi", "parameters": {"max_new_tokens": 12, "ignore_eos_token": True, "details": True}}
+    assert client.post("/invocations", json=forced).json()["details"]["generated_tokens"] == 12
+
+
+def test_streaming_a_list_of_inputs(client):
+    inputs = ["The capital of France is", "Water boils at"]
+    body = {"inputs": inputs, "parameters": {"max_new_tokens": 4}}
+    whole = client.post("/invocations", json=body).json()
+    lines = [json.loads(line) for line in client.post("/invocations", json={**body, "stream": True}).text.splitlines()]
+    for index, result in enumerate(whole):
+        own = [line for line in lines if line["index"] == index]
+        assert "".join(line["token"]["text"] for line in own) == result["generated_text"] == own[-1]["generated_text"]
+
+
+class ForkingBackend:
+    """The real backend with a `fork` that gives the child its own prefilled cache (what a
+    block-sharing fork achieves), counting prefills: the extra samples must not be prefilled
+    through `prefill` and must decode as their own prefill would have."""
+
+    def __init__(self, inner):
+        self.inner, self.prefilled, self.forked = inner, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def prefill(self, seqs):
+        self.prefilled += len(seqs)
+        return self.inner.prefill(seqs)
+
+    def fork(self, parent, child):
+        self.inner.prefill([child])  # stands in for copying the parent's blocks
+        self.forked += 1
+        return True
+
+
+def test_samples_of_one_request_share_the_prefill_when_the_backend_can_fork(backend, reference):
+    from lmi_runtime.engine.engine import LLMEngine
+    from lmi_runtime.engine.request import SamplingParams
+
+    own = ForkingBackend(sibling_backend(backend, 4))
+    engine = LLMEngine(own, EngineConfig(max_batch_size=4))
+    prompt = "The capital of France is"
+    ids = own.tokenizer(prompt)["input_ids"]
+    sinks: list[list] = [[], [], []]
+    first = engine.add_request(ids, SamplingParams(max_new_tokens=4), sinks[0].append)
+    for sink in sinks[1:]:
+        engine.add_request(ids, SamplingParams(max_new_tokens=4), sink.append, fork_of=first)
+    while engine.has_work():
+        engine.step()
+    assert (own.prefilled, own.forked) == (1, 2)
+    for sink in sinks:
+        assert [e.id for e in sink[:-1]] == list(reference(prompt, 4))

@@ -75,18 +75,48 @@ def test_sampler_greedy_penalty_and_seeds():
     logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 0.3]])
     greedy = Sequence([1], SamplingParams(), 4)
     penalized = Sequence([1], SamplingParams(repetition_penalty=10.0), 4)
-    ids, logprobs = sample(logits, [greedy, penalized], {greedy.seq_id: None, penalized.seq_id: None})
-    assert ids == [1, 0]  # token 1 seen in the prompt: 0.1 / 10 loses to 0.5
-    assert logprobs[0] == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
+    picks = sample(logits, [greedy, penalized], {greedy.seq_id: None, penalized.seq_id: None})
+    assert [p.token for p in picks] == [1, 0]  # token 1 seen in the prompt: 0.1 / 10 loses to 0.5
+    assert picks[0].log_prob == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
+    assert picks[0].top is None
     params = SamplingParams(do_sample=True, seed=7, temperature=1.5)
     draws = []
     for _ in range(2):
         seq = Sequence([0], params, 4)
         gen = make_generator(params, torch.device("cpu"))
-        draws.append([sample(logits[:1], [seq], {seq.seq_id: gen})[0][0] for _ in range(20)])
+        draws.append([sample(logits[:1], [seq], {seq.seq_id: gen})[0].token for _ in range(20)])
     assert draws[0] == draws[1] and len(set(draws[0])) > 1
     row = filter_top_k_top_p(torch.tensor([4.0, 3.0, 2.0, 1.0]), top_k=3, top_p=0.7)
     assert torch.isfinite(row).tolist() == [True, True, False, False]
+    row = filter_top_k_top_p(torch.tensor([4.0, 3.0, 2.0, 1.0]), top_k=0, top_p=1.0, min_p=0.3)
+    assert torch.isfinite(row).tolist() == [True, True, False, False]  # e^-2 < 0.3 ≤ e^-1 of the top prob
+
+
+def test_sampler_penalties_bias_and_top_logprobs():
+    logits = torch.tensor([[2.0, 1.9, 0.0, -1.0]])
+    raw = torch.log_softmax(logits[0], -1)
+
+    def pick(**params) -> object:
+        seq = Sequence([3], SamplingParams(**params), 4, output_ids=[0, 0])
+        return sample(logits, [seq], {seq.seq_id: None})[0]
+
+    assert pick().token == 0
+    assert pick(frequency_penalty=0.1).token == 1  # 2.0 - 2 × 0.1 < 1.9
+    assert pick(presence_penalty=0.05).token == 0  # 2.0 - 0.05 > 1.9
+    assert pick(logit_bias={2: 5.0}).token == 2
+    biased = pick(logit_bias={2: 5.0}, logprobs=2)
+    # reported log-probs are the raw model's, before bias and penalties
+    assert biased.log_prob == pytest.approx(raw[2].item())
+    assert [t for t, _ in biased.top] == [0, 1] and biased.top[0][1] == pytest.approx(raw[0].item())
+    assert pick(logprobs=0).top == []
+
+
+def test_sampling_params_ranges():
+    assert SamplingParams(seed=2**64 + 5).seed == 5  # reduced modulo 2^64
+    for bad in ({"temperature": float("inf")}, {"repetition_penalty": 1e-300}, {"top_p": 0.0},
+                {"logit_bias": {1: 1000.0}}, {"frequency_penalty": float("nan")}):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
 
 
 def test_metrics_exposition():

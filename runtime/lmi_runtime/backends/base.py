@@ -62,3 +62,15 @@ class Backend(ABC):
     @abstractmethod
     def free(self, seq: Sequence) -> None:
         """Release everything held for `seq` (safe to call twice)."""
+
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits of every position of `token_ids` from a cache-free forward, float
+        [len(token_ids), vocab] (row i predicts token i+1): prompt log-probs (OpenAI `echo`,
+        LMI `decoder_input_details`). Leaves no trace in the cache."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score prompts (no prompt log-probs)")
+
+    def fork(self, parent: Sequence, child: Sequence) -> bool:
+        """Give `child` (same prompt, just admitted) the cache of `parent`, prefilled in this
+        step, so that extra samples of one request (`n`, `best_of`) share one prefill. False:
+        not supported, the engine prefills the child itself."""
+        return False

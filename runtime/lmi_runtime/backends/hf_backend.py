@@ -53,3 +53,7 @@ class TransformersBackend(Backend):
             logits, self._caches[seq.seq_id] = self._forward(seq.token_ids[-1:], cache)
             rows.append(logits)
         return torch.stack(rows)
+
+    @torch.inference_mode()
+    def score(self, token_ids: list[int]) -> torch.Tensor:
+        return self.model(input_ids=torch.tensor([token_ids], device=self.device), use_cache=False).logits[0].float()

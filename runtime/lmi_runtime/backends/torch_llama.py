@@ -65,6 +65,15 @@ class TorchLlamaBackend(Backend):
         work = [Work(s.seq_id, s.token_ids[-1:], len(s.token_ids)) for s in seqs]
         return self.forward(work)
 
+    def fork(self, parent: Sequence, child: Sequence) -> bool:
+        """Copy the parent's prompt keys/values into the child's own blocks (one indexed copy
+        over every layer): extra samples of one request share its prefill."""
+        positions = range(len(parent.prompt_ids))
+        src = torch.tensor([self.kv.slot(parent.seq_id, p) for p in positions], device=self.device)
+        dst = torch.tensor([self.kv.slot(child.seq_id, p) for p in positions], device=self.device)
+        self.kv.pool[:, :, dst] = self.kv.pool[:, :, src]
+        return True
+
     def score(self, token_ids: list[int]) -> torch.Tensor:
         """Logits at every position of `token_ids` ([T, vocab], fp32), with no trace left in
         the cache: row i predicts token i + 1."""

@@ -11,10 +11,18 @@ takes time from the model's threads). A client that
 goes away closes its stream, which asks the thread to abort the sequence and free its slot
 before the next step.
 
-A step: drop aborted sequences; admit waiting ones (continuous batching); prefill the newly
-admitted; run one batched decode step over the others; sample; emit one event per sequence.
-A batch that raises is re-run one sequence at a time so that only the failing request ends
-with `finish_reason="error"` while the rest of the batch carries on.
+A step: drop aborted sequences; admit waiting ones (continuous batching); score the prompts
+that asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra
+samples of an `n`/`best_of` request share their first sample's prefill when the backend can
+`fork`); run one batched decode step over the others; sample; emit one event per sequence.
+A batch whose forward pass or sampling raises is re-run one sequence at a time so that only
+the failing request ends with `finish_reason="error"` while the rest of the batch carries on.
+
+Admission can always finish: a request is queued only if its prompt + max_new_tokens fits
+the context (`min(max_model_len, KV-cache capacity)`); otherwise it is rejected with the
+numbers, or its max_new_tokens is clamped when the request allows it (OpenAI routes, when
+the client did not set max_tokens). A sequence therefore always ends by "length" at the
+latest, and it holds its KV room only while it runs.
 """
 
 from __future__ import annotations
@@ -35,17 +43,20 @@ from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from lmi_runtime.engine.request import (
     FinishEvent,
     FinishReason,
+    PromptEvent,
+    PromptLogprob,
+    SEED_SPACE,
     RequestRejected,
     SamplingParams,
     Sequence,
     TokenEvent,
 )
-from lmi_runtime.engine.sampler import make_generator, sample
+from lmi_runtime.engine.sampler import Pick, make_generator, sample, top_logprobs
 from lmi_runtime.engine.scheduler import Scheduler
 from lmi_runtime.metrics import Counter, Gauge, Histogram, Registry
 
 log = logging.getLogger("lmi_runtime.engine")
-Event = TokenEvent | FinishEvent
+Event = TokenEvent | PromptEvent | FinishEvent
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -63,6 +74,7 @@ class _Active:
     stopper: StopMatcher
     generator: torch.Generator | None
     text: list[str] = field(default_factory=list)
+    cumulative_logprob: float = 0.0
 
 
 class EngineMetrics:
@@ -89,27 +101,21 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(
-        self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None]
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        sink: Callable[[Event], None],
+        fork_of: Sequence | None = None,
     ) -> Sequence:
-        """Validate and enqueue; raise RequestRejected (with an HTTP status) when impossible."""
-        limit = min(self.backend.info.max_model_len, self.backend.max_reservable_tokens())
-        if not prompt_ids:
-            raise RequestRejected("the prompt is empty", status=400, hint="send some text in 'inputs'")
-        if len(prompt_ids) >= limit:
-            raise RequestRejected(
-                f"the prompt has {len(prompt_ids)} tokens; this model accepts at most {limit - 1} "
-                f"(max_model_len {limit}, at least one token must be generated)",
-                status=413,
-                hint="shorten the prompt",
-            )
-        wanted = params.max_new_tokens or self.config.max_new_tokens
-        if wanted > limit:
-            raise RequestRejected(
-                f"max_new_tokens is {wanted}; this model holds at most {limit} tokens in all",
-                status=422,
-                hint=f"ask for at most {limit - len(prompt_ids)} new tokens for this prompt",
-            )
-        seq = Sequence(prompt_ids, params, max_new_tokens=min(wanted, limit - len(prompt_ids)))
+        """Validate and enqueue; raise RequestRejected (with an HTTP status) when impossible.
+        `fork_of`: another sample of the same request (see `Sequence.fork_of`)."""
+        max_new = self._admissible_new_tokens(prompt_ids, params)
+        vocab = self.backend.info.vocab_size
+        unknown = [t for t in [*prompt_ids, *params.logit_bias] if not 0 <= t < vocab]
+        if unknown:
+            raise RequestRejected(f"token ids {unknown[:5]} are outside this model's vocabulary (0..{vocab - 1})",
+                                  status=400, hint="send token ids of this model's tokenizer")
+        seq = Sequence(prompt_ids, params, max_new_tokens=max_new, fork_of=fork_of)
         tokenizer = self.backend.tokenizer
         self._active[seq.seq_id] = _Active(
             seq,
@@ -125,6 +131,34 @@ class LLMEngine:
             raise
         return seq
 
+    def _admissible_new_tokens(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """How many tokens this request may generate: all it asks for, or a 400 with the numbers
+        when prompt + max_new_tokens exceeds the context (clamped instead where allowed)."""
+        limit = min(self.backend.info.max_model_len, self.backend.max_reservable_tokens())
+        prompt = len(prompt_ids)
+        if not prompt_ids:
+            raise RequestRejected("the prompt is empty", status=400, hint="send some text in 'inputs'")
+        wanted = self.config.max_new_tokens if params.max_new_tokens is None else params.max_new_tokens
+        if wanted == 0 and params.prompt_logprobs is None:
+            raise RequestRejected("max_new_tokens 0 only scores the prompt; ask for prompt log-probs with it",
+                                  status=400, hint="set 'echo' with 'logprobs' (OpenAI) or "
+                                  "'decoder_input_details' (LMI), or ask for at least one token")
+        if prompt + max(wanted, 1) <= limit:
+            return wanted
+        if prompt >= limit:
+            raise RequestRejected(
+                f"the prompt has {prompt} tokens; this model accepts at most {limit - 1} "
+                f"(context {limit} tokens = prompt + new tokens, at least one new token)",
+                status=413, hint="shorten the prompt",
+            )
+        if params.clamp_max_new_tokens:
+            return limit - prompt
+        raise RequestRejected(
+            f"prompt ({prompt} tokens) + max_new_tokens ({wanted}) = {prompt + wanted} tokens exceeds "
+            f"this model's context of {limit} tokens",
+            status=400, hint=f"ask for at most {limit - prompt} new tokens, or shorten the prompt",
+        )
+
     def abort(self, seq_id: int) -> None:
         with self._abort_lock:
             self._aborts.add(seq_id)
@@ -136,38 +170,89 @@ class LLMEngine:
     def step(self) -> None:
         self._drop_aborted()
         decoding = list(self.scheduler.running)
-        admitted = self.scheduler.admit()
+        admitted = self._score_prompts(self.scheduler.admit())
         if admitted:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
-            self._forward_and_sample(self.backend.prefill, admitted)
+            self._sample(self._prefill(admitted))
         if decoding:
             self.metrics.batch.observe(len(decoding))
-            self._forward_and_sample(self.backend.decode, decoding)
+            self._sample(self._forward(self.backend.decode, decoding))
 
-    def _forward_and_sample(self, forward: Callable[[list[Sequence]], torch.Tensor], seqs: list[Sequence]) -> None:
+    def _score_prompts(self, admitted: list[Sequence]) -> list[Sequence]:
+        """Send the prompt log-probs of those that asked; return those that go on to generate."""
+        for seq in [s for s in admitted if s.params.prompt_logprobs is not None]:
+            try:
+                self._send_prompt_logprobs(seq)
+            except Exception:  # noqa: BLE001 - fails this request only
+                self._fail(seq, self._error_text())
+                continue
+            if seq.max_new_tokens == 0:
+                self._finish(seq, FinishReason.LENGTH)
+        return [s for s in admitted if s.seq_id in self._active and s.max_new_tokens > 0]
+
+    def _send_prompt_logprobs(self, seq: Sequence) -> None:
+        logprobs = torch.log_softmax(self.backend.score(seq.prompt_ids).float(), dim=-1)[:-1]
+        targets = torch.tensor(seq.prompt_ids[1:], device=logprobs.device)
+        chosen = logprobs[torch.arange(len(targets), device=logprobs.device), targets].tolist()
+        n = seq.params.prompt_logprobs or 0
+        tops = top_logprobs(logprobs, n) if n else [[] for _ in chosen]
+        tokens = [PromptLogprob(seq.prompt_ids[0], None, None)]
+        tokens += [PromptLogprob(t, lp, top) for t, lp, top in zip(seq.prompt_ids[1:], chosen, tops)]
+        self._active[seq.seq_id].sink(PromptEvent(tokens))
+
+    def _prefill(self, seqs: list[Sequence]) -> list[tuple[Sequence, torch.Tensor]]:
+        """Prefill; an extra sample whose first sample is prefilled in this batch takes that
+        prefill over (`Backend.fork`) when the backend can, else it is prefilled itself."""
+        ids = {s.seq_id for s in seqs}
+        forks = [s for s in seqs if s.fork_of is not None and s.fork_of.seq_id in ids]
+        fork_ids = {s.seq_id for s in forks}
+        ready = self._forward(self.backend.prefill, [s for s in seqs if s.seq_id not in fork_ids])
+        rows = {seq.seq_id: row for seq, row in ready}
+        late = []
+        for child in forks:
+            row = rows.get(child.fork_of.seq_id)  # type: ignore[union-attr]
+            if row is not None and self._fork(child.fork_of, child):  # type: ignore[arg-type]
+                ready.append((child, row))
+            else:
+                late.append(child)
+        return ready + self._forward(self.backend.prefill, late) if late else ready
+
+    def _fork(self, parent: Sequence, child: Sequence) -> bool:
+        try:
+            return self.backend.fork(parent, child)
+        except Exception:  # noqa: BLE001 - a failed fork falls back to the child's own prefill
+            log.warning("fork of sequence %d failed; prefilling it", child.seq_id, exc_info=True)
+            return False
+
+    def _forward(
+        self, forward: Callable[[list[Sequence]], torch.Tensor], seqs: list[Sequence]
+    ) -> list[tuple[Sequence, torch.Tensor]]:
         rows = self._isolated(seqs, lambda batch: list(forward(batch)))
-        ready = [(seq, row) for seq, row in zip(seqs, rows) if row is not None]
+        return [(seq, row) for seq, row in zip(seqs, rows) if row is not None]
+
+    def _sample(self, ready: list[tuple[Sequence, torch.Tensor]]) -> None:
         if not ready:
             return
 
-        def pick(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[int, float]]:
+        def pick(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[Pick]:
             batch = [s for s, _ in pairs]
             gens = {s.seq_id: self._active[s.seq_id].generator for s in batch}
-            ids, logprobs = sample(torch.stack([r for _, r in pairs]), batch, gens)
-            return list(zip(ids, logprobs))
+            return sample(torch.stack([r for _, r in pairs]), batch, gens)
 
-        for (seq, _), picked in zip(ready, self._isolated(ready, pick)):
+        for (seq, _), picked in zip(ready, self._isolated(ready, pick, seq_of=lambda pair: pair[0])):
             if picked is not None:
-                self._append(seq, *picked)
+                self._append(seq, picked)
 
-    def _isolated(self, items: list[T], fn: Callable[[list[T]], list[R]]) -> list[R | None]:
+    def _isolated(
+        self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s
+    ) -> list[R | None]:
         """Run `fn` on the whole batch; if it raises, run it item by item and fail only the
-        items that raise alone (None in their place)."""
+        sequences whose item raises alone (None in their place)."""
         try:
             return list(fn(items))
         except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
             if len(items) == 1:
-                self._fail(items[0], self._error_text())
+                self._fail(seq_of(items[0]), self._error_text())
                 return [None]
             log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
         results: list[R | None] = []
@@ -175,7 +260,7 @@ class LLMEngine:
             try:
                 results.append(fn([item])[0])
             except Exception:  # noqa: BLE001
-                self._fail(item, self._error_text())
+                self._fail(seq_of(item), self._error_text())
                 results.append(None)
         return results
 
@@ -186,16 +271,18 @@ class LLMEngine:
         log.exception("request failed")
         return f"{type(err).__name__}: {err}"
 
-    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+    def _append(self, seq: Sequence, picked: Pick) -> None:
         state = self._active[seq.seq_id]
+        token = picked.token
         seq.output_ids.append(token)
+        state.cumulative_logprob += picked.log_prob
         self.metrics.generated.inc()
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
             self.metrics.ttft.observe(seq.first_token_at - seq.arrival)
         text = state.detok.add(token)
         finish = None
-        if token in self.backend.info.eos_token_ids:
+        if token in self.backend.info.eos_token_ids and not seq.params.ignore_eos:
             finish = FinishReason.EOS
         elif len(seq.output_ids) >= seq.max_new_tokens:
             finish = FinishReason.LENGTH
@@ -207,7 +294,7 @@ class LLMEngine:
         elif finish:
             released += state.stopper.flush()
         state.text.append(released)
-        state.sink(TokenEvent(token, released, logprob))
+        state.sink(TokenEvent(token, released, picked.log_prob, picked.top))
         if finish:
             self._finish(seq, finish)
 
@@ -219,7 +306,8 @@ class LLMEngine:
             return
         seq.finish_reason = reason
         self.metrics.finished.inc(reason=reason.value)
-        state.sink(FinishEvent(reason, "".join(state.text), len(seq.prompt_ids), len(seq.output_ids), error))
+        state.sink(FinishEvent(reason, "".join(state.text), len(seq.prompt_ids), len(seq.output_ids), error,
+                               state.cumulative_logprob, seq.params.seed))
 
     def _fail(self, seq: Sequence, error: str) -> None:
         self._finish(seq, FinishReason.ERROR, error)
@@ -240,12 +328,13 @@ class LLMEngine:
 class RequestStream:
     """The events of one request, as an async iterator; closing it early cancels the request."""
 
-    def __init__(self, engine: "AsyncEngine", prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, engine: "AsyncEngine", prompt_ids: list[int], params: SamplingParams,
+                 fork_of: Sequence | None = None):
         self._engine = engine
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.seq = engine.engine.add_request(
-            prompt_ids, params, lambda ev: engine.outbox.append((loop, self._queue, ev))
+            prompt_ids, params, lambda ev: engine.outbox.append((loop, self._queue, ev)), fork_of
         )
         self.done = False
         engine.wake()
@@ -281,9 +370,20 @@ class AsyncEngine:
         self._thread.start()
         return self
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestStream:
-        """Enqueue now (raises RequestRejected); iterate the result for events."""
-        return RequestStream(self, prompt_ids, params)
+    def submit(self, prompt_ids: list[int], params: SamplingParams, samples: int = 1) -> list[RequestStream]:
+        """Enqueue `samples` samples of one prompt now, all or none (raises RequestRejected);
+        iterate each stream for its events. Sample i of a seeded request uses seed + i."""
+        streams: list[RequestStream] = []
+        try:
+            for i in range(samples):
+                own = params if i == 0 or params.seed is None else params.model_copy(
+                    update={"seed": (params.seed + i) % SEED_SPACE})
+                streams.append(RequestStream(self, prompt_ids, own, streams[0].seq if streams else None))
+        except RequestRejected:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
 
     def wake(self) -> None:
         with self._cv:

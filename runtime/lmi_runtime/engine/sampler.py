@@ -2,23 +2,33 @@
 
 Greedy rows share one argmax; sampled rows are processed one by one (their settings differ)
 with each request's own `torch.Generator`, so a seeded request draws the same tokens whatever
-else is in the batch. Reported log-probs are the model's (raw logits, before processing).
+else is in the batch. Reported log-probs (the chosen token's and the top-N) are the model's:
+log-softmax of the raw logits, before any penalty or temperature, as OpenAI and vLLM report them.
 """
 
 from __future__ import annotations
 
 import random
+from collections import Counter
+from dataclasses import dataclass
 
 import torch
 
-from lmi_runtime.engine.request import SamplingParams, Sequence
+from lmi_runtime.engine.request import SEED_SPACE, SamplingParams, Sequence, TopLogprobs
+
+
+@dataclass
+class Pick:
+    token: int
+    log_prob: float
+    top: TopLogprobs | None
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
     if params.greedy:
         return None
     gen = torch.Generator(device=device)
-    gen.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+    gen.manual_seed(params.seed if params.seed is not None else random.randrange(SEED_SPACE))
     return gen
 
 
@@ -29,7 +39,17 @@ def apply_repetition_penalty(row: torch.Tensor, token_ids: list[int], penalty: f
     row[idx] = torch.where(seen > 0, seen / penalty, seen * penalty)
 
 
-def filter_top_k_top_p(row: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def apply_frequency_presence(row: torch.Tensor, output_ids: list[int], frequency: float, presence: float) -> None:
+    """OpenAI semantics, over generated tokens only: minus frequency × count, minus presence once."""
+    counts = Counter(output_ids)
+    if not counts:
+        return
+    idx = torch.tensor(list(counts), device=row.device, dtype=torch.long)
+    n = torch.tensor(list(counts.values()), device=row.device, dtype=row.dtype)
+    row[idx] -= frequency * n + presence
+
+
+def filter_top_k_top_p(row: torch.Tensor, top_k: int, top_p: float, min_p: float = 0.0) -> torch.Tensor:
     if 0 < top_k < row.numel():
         kth = torch.topk(row, top_k).values[-1]
         row = row.masked_fill(row < kth, float("-inf"))
@@ -38,26 +58,55 @@ def filter_top_k_top_p(row: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
         cum = sorted_logits.softmax(-1).cumsum(-1)
         remove = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
         row = row.scatter(0, order, sorted_logits.masked_fill(remove, float("-inf")))
+    if min_p > 0.0:
+        probs = row.softmax(-1)
+        row = row.masked_fill(probs < min_p * probs.max(), float("-inf"))
     return row
+
+
+def processed_logits(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
+    """The logits the choice is made on: bias, then penalties (a copy; `row` is left as is)."""
+    params = seq.params
+    if not params.logit_bias and not params.penalized:
+        return row
+    row = row.clone()
+    if params.logit_bias:
+        ids = torch.tensor(list(params.logit_bias), device=row.device, dtype=torch.long)
+        row[ids] += torch.tensor(list(params.logit_bias.values()), device=row.device, dtype=row.dtype)
+    if params.repetition_penalty != 1.0:
+        apply_repetition_penalty(row, seq.token_ids, params.repetition_penalty)
+    if params.frequency_penalty or params.presence_penalty:
+        apply_frequency_presence(row, seq.output_ids, params.frequency_penalty, params.presence_penalty)
+    return row
+
+
+def top_logprobs(logprobs: torch.Tensor, n: int) -> list[TopLogprobs]:
+    """The `n` most likely tokens of each row of `logprobs`, most likely first."""
+    values, ids = torch.topk(logprobs, n, dim=-1)
+    return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
 
 
 def sample(
     logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator | None]
-) -> tuple[list[int], list[float]]:
-    """Pick one token per row of `logits` ([len(seqs), vocab]); return ids and log-probs."""
+) -> list[Pick]:
+    """Pick one token per row of `logits` ([len(seqs), vocab])."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    work = logits.clone()
-    for i, seq in enumerate(seqs):
-        if seq.params.repetition_penalty != 1.0:
-            apply_repetition_penalty(work[i], seq.token_ids, seq.params.repetition_penalty)
-    chosen = work.argmax(dim=-1).tolist()
+    work = [processed_logits(logits[i], seq) for i, seq in enumerate(seqs)]
+    chosen = torch.stack(work).argmax(dim=-1).tolist()
     for i, seq in enumerate(seqs):
         params = seq.params
         if params.greedy:
             continue
-        row = filter_top_k_top_p(work[i] / params.temperature, params.top_k, params.top_p)
+        row = filter_top_k_top_p(work[i] / params.temperature, params.top_k, params.top_p, params.min_p)
         probs = torch.softmax(row, dim=-1)
+        if not torch.isfinite(probs).all():
+            raise ValueError("the sampling parameters turned the model's logits into non-finite values")
         chosen[i] = int(torch.multinomial(probs, 1, generator=generators[seq.seq_id]).item())
     picked = logprobs[torch.arange(len(seqs)), torch.tensor(chosen)].tolist()
-    return chosen, picked
+    want = max((s.params.logprobs or 0) for s in seqs)
+    tops = top_logprobs(logprobs, want) if want else [[] for _ in seqs]
+    return [
+        Pick(token, lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
+        for token, lp, top, seq in zip(chosen, picked, tops, seqs)
+    ]
