@@ -211,9 +211,9 @@ def test_streaming_a_list_of_inputs(client):
 
 
 class ForkingBackend:
-    """The real backend with a `fork` that gives the child its own prefilled cache (what a
-    block-sharing fork achieves), counting prefills: the extra samples must not be prefilled
-    through `prefill` and must decode as their own prefill would have."""
+    """The real backend and its real `fork` (a copy of the parent's prompt blocks), counting
+    prefills and forks: the extra samples must not be prefilled through `prefill` and must
+    decode as their own prefill would have."""
 
     def __init__(self, inner):
         self.inner, self.prefilled, self.forked = inner, 0, 0
@@ -226,9 +226,8 @@ class ForkingBackend:
         return self.inner.prefill(seqs)
 
     def fork(self, parent, child):
-        self.inner.prefill([child])  # stands in for copying the parent's blocks
         self.forked += 1
-        return True
+        return self.inner.fork(parent, child)
 
 
 def test_samples_of_one_request_share_the_prefill_when_the_backend_can_fork(backend, reference):
