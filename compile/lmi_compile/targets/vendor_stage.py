@@ -14,15 +14,31 @@ from lmi_compile.plan import Plan
 from lmi_compile.recipe import Recipe
 from lmi_compile.targets import neuron, trtllm
 from lmi_runtime.artifact.manifest import QuantizationInfo, TargetInfo
+from lmi_runtime.backends.vendor import require
 
 Log = Callable[[str], None]
 
 
 def check(recipe: Recipe, plan: Plan) -> None:
+    """Unsupported combinations and a missing vendor library fail here, before any download."""
     if plan.backend == "trtllm":
         trtllm.check(plan, recipe.target.mode)
     else:
         neuron.check(plan)
+    needed = library(recipe, plan)
+    if needed:
+        require(*needed)
+
+
+def library(recipe: Recipe, plan: Plan) -> tuple[str, str, str] | None:
+    """(module, target, purpose) the build imports; None when it needs no vendor code."""
+    if plan.backend == "neuron":
+        return "optimum.neuron", "neuron", "the neuron target's export"
+    if recipe.target.mode == "engine":
+        return "tensorrt_llm", "trtllm", "the trtllm engine mode"
+    if plan.quantization != "none":
+        return "modelopt.torch.quantization", "trtllm", f"{plan.quantization} quantization for TensorRT-LLM"
+    return None
 
 
 def settings(recipe: Recipe, plan: Plan) -> dict:

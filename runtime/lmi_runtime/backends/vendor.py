@@ -21,9 +21,14 @@ def require(module: str, target: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:
         raise ConfigError(
-            f"{purpose} needs {PACKAGES.get(module, module)}, which is not installed here ({err})",
+            f"{purpose} needs {_package(module)}, which is not installed here ({err})",
             hint=f"run it inside the image built from {IMAGES[target]} (see the README's Targets section)",
         ) from err
+
+
+def _package(module: str) -> str:
+    return next((name for prefix, name in PACKAGES.items() if module == prefix or module.startswith(prefix + ".")),
+                module)
 
 
 __all__ = ["IMAGES", "VENDOR_TARGETS", "require"]
