@@ -93,3 +93,17 @@ def test_compile_cache_is_copied_to_a_writable_folder(tmp_path):
         (cache / "new-entry").mkdir()  # the runtime can write there
     finally:
         artifact.chmod(0o755)
+
+
+def test_snapshot_matches_the_vendor_wheels(interfaces, vendor_python):
+    """The committed snapshot is what scripts/vendor_interfaces.py reads from the wheels now."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("vendor_interfaces", Path(__file__).resolve().parents[2]
+                                                  / "scripts" / "vendor_interfaces.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    wheels = Path(os.environ["LMI_VENDOR_SITE"] + ".wheels")
+    assert module.optimum_neuron(wheels) == interfaces["optimum_neuron"]
+    assert module.modelopt(wheels) == interfaces["modelopt"]
