@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmi_compile.plan import Plan
+from lmi_compile.plan.backend import NEURON_MODEL_TYPES
 from lmi_runtime.artifact.manifest import TargetInfo
 from lmi_runtime.backends.vendor import require
 from lmi_runtime.errors import ConfigError
@@ -37,8 +38,7 @@ NEURON_SDK_VERSION = "2.26.1"
 NEURONX_CC_VERSION = "2.21.33363.0"  # the compiler optimum-neuron 0.4.5's [neuronx] extra pins
 EXPORT_DIR, CACHE_DIR = "neuron", "neuron-cache"
 # optimum-neuron 0.4.5's text-generation model classes (optimum/neuron/models/inference/auto_models.py)
-SUPPORTED_MODEL_TYPES = ("granite", "llama", "llama4_text", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe",
-                         "smollm3")
+SUPPORTED_MODEL_TYPES = tuple(sorted(NEURON_MODEL_TYPES))
 # --instance_type choices: the compilation target, by NeuronCore generation
 INSTANCE_FAMILIES = {"inf2": "inf2", "trn1": "trn1", "trn1n": "trn1n", "trn2": "trn2"}
 DTYPES = {"bfloat16": "bfloat16", "float16": "float16"}

@@ -28,6 +28,7 @@ log = logging.getLogger("lmi_runtime.toolchain")
 DISTRIBUTIONS = {"tensorrt_llm": "tensorrt-llm", "modelopt": "nvidia-modelopt", "torch": "torch",
                  "transformers": "transformers", "optimum-neuron": "optimum-neuron", "neuronx-cc": "neuronx-cc",
                  "torch-neuronx": "torch-neuronx"}
+VENDOR_KINDS = {"trtllm": "cuda", "neuron": "neuron"}
 EXACT = {"neuron": ("neuronx-cc", "optimum-neuron")}
 FP8_MIN_SM = 89
 
@@ -47,6 +48,12 @@ def check_target(target: TargetInfo, hardware: Hardware, running: dict[str, str]
     """Raise ArtifactError on a mismatch that cannot work; return one warning per harmless one."""
     wanted_hw, built = target.hardware, target.toolchain
     kind = wanted_hw.get("kind", "any")
+    needed = VENDOR_KINDS.get(target.backend)
+    if needed and kind != needed:
+        raise ArtifactError(
+            f"this artifact was compiled for the '{target.backend}' backend but its manifest records "
+            f"{kind} hardware instead of {needed}",
+            hint=f"compile it again with lmi-compile run (target {target.backend}) in the {IMAGES[target.backend]} image")
     if kind != "any" and hardware.kind != kind:
         _refuse(target, f"{kind} {wanted_hw.get('arch', '')}".strip(), hardware.describe(), "hardware")
     warnings: list[str] = []
