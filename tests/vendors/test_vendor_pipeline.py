@@ -44,6 +44,12 @@ def test_trtllm_checkpoint_mode_builds_the_artifact_and_records_the_target(pytho
     assert options == trtllm.llm_api_options(plan_recipe(recipe))
     assert options["max_batch_size"] == 8 and options["tensor_parallel_size"] == 1
 
+    served = subprocess.run([python, "-m", "lmi_runtime", str(out), "--port", "0"], env=cli_env,
+                            capture_output=True, text=True, timeout=120)
+    said = " ".join(served.stderr.split())
+    assert served.returncode == 2, said
+    assert "this trtllm artifact was built for cuda sm_86, but this machine has CPU" in said
+
 
 def test_trtllm_awq_without_modelopt_names_the_image_and_publishes_nothing(python, cli_env, tmp_path):
     done, out, _ = _run(python, cli_env, tmp_path, quantize={"method": "awq", "group_size": 64},
