@@ -107,3 +107,50 @@ def test_snapshot_matches_the_vendor_wheels(interfaces, vendor_python):
     wheels = Path(os.environ["LMI_VENDOR_SITE"] + ".wheels")
     assert module.optimum_neuron(wheels) == interfaces["optimum_neuron"]
     assert module.modelopt(wheels) == interfaces["modelopt"]
+
+
+class RecordingNeuronModel:
+    """Stands in for optimum-neuron's compiled model with its forward signature
+    (input_ids, position_ids=, seq_ids=, sampling_params=); records each call and returns, per
+    row, 100 × slot + the row's largest position (the context-encoding graph takes each row's
+    last real token at its largest position, so right padding is harmless) as the 'sampled'
+    token, so the test can see which slot and position every sequence was run at."""
+
+    def __init__(self, batch_size: int = 2):
+        from types import SimpleNamespace
+
+        self.neuron_config = SimpleNamespace(batch_size=batch_size, max_topk=256, sequence_length=64,
+                                             on_device_sampling=True, tp_degree=1)
+        self.calls: list[dict] = []
+
+    def __call__(self, input_ids, position_ids, seq_ids, sampling_params):
+        self.calls.append({"ids": input_ids.tolist(), "pos": position_ids.tolist(), "slots": seq_ids.tolist(),
+                           "sampling": sampling_params.tolist()})
+        return seq_ids * 100 + position_ids.max(dim=1).values
+
+
+def test_neuron_backend_runs_each_sequence_in_its_own_slot():
+    from lmi_runtime.backends.base import ModelInfo
+    from lmi_runtime.backends.neuron_backend import NeuronBackend
+    from lmi_runtime.engine.request import Sequence
+
+    model = RecordingNeuronModel()
+    backend = NeuronBackend(model, None, ModelInfo("m", 64, {0}, 1000))
+    a = Sequence([5, 6, 7], SamplingParams(), max_new_tokens=4)
+    b = Sequence([8, 9], SamplingParams(do_sample=True, temperature=0.5), max_new_tokens=4)
+    c = Sequence([1], SamplingParams(), max_new_tokens=4)
+    assert backend.reserve(a) and backend.reserve(b) and not backend.reserve(c)  # two compiled slots
+    backend.start([b, a])
+    assert model.calls[-1] == {"ids": [[5, 6, 7], [8, 9, 0]], "pos": [[0, 1, 2], [0, 1, 0]], "slots": [0, 1],
+                               "sampling": [[1.0, 1.0, 1.0], [256.0, 1.0, 0.5]]}  # slot order, padded
+    steps = backend.poll([a, b])
+    assert [(s.seq is a, s.token) for s in steps] == [(True, 2), (False, 101)]  # prefill tokens, no new call
+    a.output_ids.append(2)
+    b.output_ids.append(101)
+    steps = backend.poll([a, b])
+    assert model.calls[-1]["ids"] == [[2], [101]] and model.calls[-1]["pos"] == [[3], [2]]
+    assert [s.token for s in steps] == [3, 102]
+    backend.free(a)
+    assert backend.reserve(c)  # a's slot is reused
+    backend.start([c])
+    assert model.calls[-1] == {"ids": [[1, 0]], "pos": [[0, 0]], "slots": [0], "sampling": [[1.0, 1.0, 1.0]]}

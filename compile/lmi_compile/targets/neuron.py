@@ -120,6 +120,8 @@ def build(model_dir: Path, out: Path, plan: Plan, log: Callable[[str], None]) ->
     log("neuron: " + " ".join(argv))
     subprocess.run(argv, check=True, env={**os.environ, **export_env(out / CACHE_DIR)})
     shutil.rmtree(source, ignore_errors=True)
+    for lock in (out / CACHE_DIR).rglob("*.lock"):  # a stale lock would make the runtime wait
+        lock.unlink()
     failed = sorted(p.relative_to(out) for p in (out / CACHE_DIR).rglob("*.log"))
     if failed:  # a failed entry blocks recompiling until cleaned; never ship one
         raise ConfigError(f"the Neuron compile cache holds failed compilations: {', '.join(map(str, failed))}",

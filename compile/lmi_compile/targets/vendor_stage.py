@@ -78,7 +78,8 @@ def quantization_info(recipe: Recipe, plan: Plan) -> QuantizationInfo:
     if method == "none":
         return QuantizationInfo(method="none")
     if recipe.target.mode == "engine":
-        tool = {"tool": "tensorrt_llm", "command": trtllm.checkpoint_command(plan, Path("MODEL"), Path("OUT"))[1]}
+        tool = {"tool": "tensorrt_llm examples",
+                "script": Path(trtllm.checkpoint_command(plan, Path("MODEL"), Path("OUT"))[1]).name}
     else:
         tool = {"tool": "modelopt", "config": trtllm.MODELOPT_CONFIGS[method]}
     return QuantizationInfo(method=method, settings=tool,

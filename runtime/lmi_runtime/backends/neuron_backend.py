@@ -1,9 +1,10 @@
 """Serve a `neuron` artifact with optimum-neuron 0.4.5's NeuronModelForCausalLM, driven by our
 scheduler: each running sequence owns one of the compiled batch's slots (its `seq_ids` entry),
 prompts run through the context-encoding graph and every step through the token-generation
-graph, both with on-device sampling (top-k, top-p, temperature per sequence; no repetition
-penalty, no per-request seed, no log-probs there: requests that ask for them are served
-without, and /ping's details say so).
+graph, both with on-device sampling as optimum-neuron compiles its decoders (top-k, top-p,
+temperature per sequence; no repetition penalty, no per-request seed, no log-probs there:
+requests that ask for them are served without, and the model details say so). A model
+compiled without on-device sampling returns logits, and our sampler picks.
 
 `/opt/ml/model` is read-only on SageMaker, and the Neuron runtime writes to its compile cache,
 so the artifact's `neuron-cache/` is copied to a writable folder and NEURON_COMPILE_CACHE_URL
@@ -22,6 +23,7 @@ import torch
 from lmi_runtime.backends.base import ModelInfo
 from lmi_runtime.backends.vendor import require
 from lmi_runtime.engine.request import SamplingParams, Sequence
+from lmi_runtime.engine.sampler import sample
 from lmi_runtime.engine.token_engine import TokenBackend, TokenStep
 
 EXPORT_DIR, CACHE_DIR = "neuron", "neuron-cache"
@@ -64,7 +66,9 @@ class NeuronBackend(TokenBackend):
         return True
 
     def start(self, seqs: list[Sequence]) -> None:
-        width = max(len(s.prompt_ids) for s in seqs)
+        # optimum-neuron runs the context-encoding graph for inputs wider than one token whose
+        # smallest position is 0: a one-token prompt is padded to two so it is encoded, not decoded
+        width = max(2, *(len(s.prompt_ids) for s in seqs))
         ids = [s.prompt_ids + [0] * (width - len(s.prompt_ids)) for s in seqs]
         positions = [list(range(len(s.prompt_ids))) + [0] * (width - len(s.prompt_ids)) for s in seqs]
         self._pending += self._run(seqs, ids, positions)
@@ -82,13 +86,17 @@ class NeuronBackend(TokenBackend):
         order = sorted(range(len(seqs)), key=lambda i: self._slot[seqs[i].seq_id])  # slots in ascending order
         seqs = [seqs[i] for i in order]
         with torch.inference_mode():
-            tokens = self.model(
+            output = self.model(
                 torch.tensor([ids[i] for i in order]),
                 position_ids=torch.tensor([positions[i] for i in order]),
                 seq_ids=torch.tensor([self._slot[s.seq_id] for s in seqs]),
                 sampling_params=torch.tensor([sampling_row(s.params, self._max_topk) for s in seqs]),
             )
-        return [TokenStep(s, int(t), 0.0, False) for s, t in zip(seqs, tokens.reshape(-1).tolist())]
+        if self.model.neuron_config.on_device_sampling:
+            return [TokenStep(s, int(t), 0.0, False) for s, t in zip(seqs, output.reshape(-1).tolist())]
+        # a model compiled without on-device sampling returns logits: our sampler picks
+        picked, logprobs = sample(output[:, -1, :].float(), seqs, {s.seq_id: None for s in seqs})
+        return [TokenStep(s, t, lp, False) for s, t, lp in zip(seqs, picked, logprobs)]
 
     def free(self, seq: Sequence) -> None:
         slot = self._slot.pop(seq.seq_id, None)
