@@ -146,3 +146,60 @@ def test_modelopt_wheel_has_the_configs_and_export(vendor_python):
         "names = {t.id for n in ast.parse(src.read_text()).body if isinstance(n, ast.AnnAssign) for t in [n.target]};"
         "print(sorted(names & {'FP8_DEFAULT_CFG', 'INT4_AWQ_CFG', 'INT8_SMOOTHQUANT_CFG', 'INT8_WEIGHT_ONLY_CFG'}))")
     assert out.strip() == str(sorted(trtllm.MODELOPT_CONFIGS.values()))
+
+
+class RecordingLLM:
+    """Stands in for `tensorrt_llm.LLM.generate_async(prompt_ids, sampling_params=, streaming=True)`:
+    a streaming result whose outputs[0].token_ids / .logprobs grow cumulatively, as TensorRT-LLM's
+    RequestOutput does, two tokens per chunk; records requests and aborts."""
+
+    def __init__(self, script: list[int]):
+        self.script, self.requests, self.aborted = script, [], []
+
+    def generate_async(self, prompt, sampling_params, streaming):
+        from types import SimpleNamespace
+
+        llm, n = self, sampling_params["max_tokens"]
+        self.requests.append((prompt, sampling_params, streaming))
+
+        class Result:
+            finished = False
+
+            def abort(self):
+                llm.aborted.append(prompt)
+
+            async def __aiter__(self):
+                for end in range(2, n + 2, 2):
+                    tokens = llm.script[:min(end, n)]
+                    self.finished = end >= n
+                    yield SimpleNamespace(finished=self.finished, outputs=[SimpleNamespace(
+                        token_ids=tokens, logprobs=[{t: SimpleNamespace(logprob=-0.25)} for t in tokens])])
+        return Result()
+
+
+def test_trtllm_backend_streams_new_tokens_and_aborts_on_free():
+    import time
+
+    from lmi_runtime.backends.base import ModelInfo
+    from lmi_runtime.backends.trtllm_backend import TrtllmBackend
+    from lmi_runtime.engine.request import Sequence
+
+    llm = RecordingLLM([11, 12, 13, 14, 15])
+    backend = TrtllmBackend(llm, dict, None, ModelInfo("m", 64, {2}, 100), max_seq_len=64)
+    seq = Sequence([1, 2, 3], SamplingParams(), max_new_tokens=5)
+    assert backend.reserve(seq) and not backend.reserve(Sequence([1] * 60, SamplingParams(), max_new_tokens=5))
+    backend.start([seq])
+    steps, deadline = [], time.monotonic() + 10
+    while not (steps and steps[-1].done) and time.monotonic() < deadline:
+        steps += backend.poll([seq])
+    assert [(s.token, s.logprob, s.done) for s in steps] == [(11, -0.25, False), (12, -0.25, False),
+                                                             (13, -0.25, False), (14, -0.25, False),
+                                                             (15, -0.25, False), (None, 0.0, True)]
+    assert llm.requests == [([1, 2, 3], sampling_kwargs(SamplingParams(), 5), True)]
+    backend.free(seq)
+    assert llm.aborted == []  # finished: nothing to abort
+
+    running = Sequence([4], SamplingParams(), max_new_tokens=5)
+    backend._results[running.seq_id] = llm.generate_async([4], {"max_tokens": 5}, True)  # still running
+    backend.free(running)
+    assert llm.aborted == [[4]]
