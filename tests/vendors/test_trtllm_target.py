@@ -40,7 +40,7 @@ def check_build_against(interfaces: dict, argv: list[str]) -> None:
 def test_llama2_7b_awq_on_g5_12xlarge_tp4(plan_for, interfaces):
     plan = plan_for("llama-2-7b", "ml.g5.12xlarge", quantize={"method": "awq"},
                     target={"backend": "trtllm", "tp_degree": 4})
-    trtllm.check(plan, "checkpoint")
+    trtllm.check(plan)
     options = trtllm.llm_api_options(plan)
     assert options == {
         "tensor_parallel_size": 4, "pipeline_parallel_size": 1, "dtype": "bfloat16", "max_batch_size": 256,
@@ -86,7 +86,7 @@ def test_llama2_13b_smoothquant_on_p4d(plan_for, interfaces):
 
 def test_llama31_8b_fp8_on_p5_checkpoint_mode(plan_for, interfaces):
     plan = plan_for("llama-3.1-8b", "ml.p5.48xlarge", quantize={"method": "fp8"}, target={"backend": "trtllm"})
-    trtllm.check(plan, "checkpoint")
+    trtllm.check(plan)
     assert (plan.quantization, plan.tp_degree, plan.hardware.arch) == ("fp8", 8, "sm_90")
     options = trtllm.llm_api_options(plan)
     assert options == {
@@ -105,13 +105,13 @@ def test_llama31_8b_fp8_on_p5_checkpoint_mode(plan_for, interfaces):
 def test_fp8_is_refused_on_gpus_without_fp8(plan_for):
     plan = plan_for("llama-2-7b", "ml.g5.12xlarge", quantize={"method": "fp8"}, target={"backend": "trtllm"})
     with pytest.raises(ConfigError, match=r"fp8 needs FP8 tensor cores \(sm_89\+\).*sm_86"):
-        trtllm.check(plan, "checkpoint")
+        trtllm.check(plan)
 
 
 def test_gptq_is_refused_for_trtllm(plan_for):
     plan = plan_for("llama-2-7b", "ml.g5.12xlarge", quantize={"method": "gptq"}, target={"backend": "trtllm"})
     with pytest.raises(ConfigError, match="ModelOpt, which has no GPTQ"):
-        trtllm.check(plan, "checkpoint")
+        trtllm.check(plan)
 
 
 @pytest.mark.parametrize("method, flags_expected", [("none", []), ("static_int8", ["--use_weight_only"])])

@@ -33,7 +33,6 @@ from lmi_runtime.errors import ConfigError
 TRTLLM_VERSION = "1.2.1"  # the release image Dockerfile.trtllm pins; engines are tied to it
 OPTIONS_FILE = "llm_api_options.json"
 CHECKPOINT_DIR, ENGINE_DIR, TOKENIZER_DIR = "checkpoint", "engine", "tokenizer"
-MODES = ("checkpoint", "engine")
 # our quantize.method → ModelOpt config (modelopt.torch.quantization) for checkpoint mode
 MODELOPT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "awq": "INT4_AWQ_CFG", "smoothquant": "INT8_SMOOTHQUANT_CFG",
                     "static_int8": "INT8_WEIGHT_ONLY_CFG"}
@@ -41,13 +40,12 @@ MODELOPT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "awq": "INT4_AWQ_CFG", "smoothquan
 QUANTIZE_QFORMATS = {"fp8": "fp8", "awq": "int4_awq"}
 FP8_MIN_SM = 89  # FP8 tensor cores: Ada (sm_89) and Hopper (sm_90) and later
 EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/app/tensorrt_llm/examples")  # in NVIDIA's release image
-GRAPH_PADDING = False
+GRAPH_PADDING = False  # padding batches up to a captured size: TensorRT-LLM's default
+Log = Callable[[str], None]
 
 
-def check(plan: Plan, mode: str) -> None:
+def check(plan: Plan) -> None:
     """Refuse what the target cannot build, before anything is fetched."""
-    if mode not in MODES:
-        raise ConfigError(f"unknown trtllm mode '{mode}'", hint="target.mode: checkpoint (default) or engine")
     if plan.quantization == "gptq":
         raise ConfigError("the trtllm target quantizes with ModelOpt, which has no GPTQ",
                           hint="use quantize.method: awq (INT4 weights, group 128) for TensorRT-LLM")
@@ -155,8 +153,6 @@ def toolchain() -> dict[str, str]:
             pass
     return found
 
-
-Log = Callable[[str], None]
 
 
 def build(model_dir: Path, out: Path, plan: Plan, *, mode: str, alpha: float, group_size: int,

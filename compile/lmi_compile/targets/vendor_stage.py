@@ -22,7 +22,7 @@ Log = Callable[[str], None]
 def check(recipe: Recipe, plan: Plan) -> None:
     """Unsupported combinations and a missing vendor library fail here, before any download."""
     if plan.backend == "trtllm":
-        trtllm.check(plan, recipe.target.mode)
+        trtllm.check(plan)
     else:
         neuron.check(plan)
     needed = library(recipe, plan)
