@@ -58,8 +58,11 @@ def module_names(source: str) -> list[str]:
     return sorted(names)
 
 
-def function_params(source: str, function: str) -> list[str]:
-    node = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == function)
+def function_params(source: str, function: str, cls: str | None = None) -> list[str]:
+    tree = ast.parse(source)
+    if cls:
+        tree = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == cls)
+    node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
     return [a.arg for a in node.args.args + node.args.kwonlyargs]
 
 
@@ -100,8 +103,11 @@ def optimum_neuron(folder: Path) -> dict:
                                                 "maybe_export_from_neuron_model_class"),
         "get_neuron_config_params": function_params(read("optimum/neuron/models/inference/modeling_utils.py"),
                                                     "get_neuron_config"),
+        "neuron_config_params": function_params(read("optimum/neuron/models/inference/backend/config.py"),
+                                                "__init__", "NxDNeuronConfig"),
         "decoder_forward_params": function_params(
-            read("optimum/neuron/models/inference/backend/modules/decoder/modeling_decoder.py"), "forward"),
+            read("optimum/neuron/models/inference/backend/modules/decoder/modeling_decoder.py"), "forward",
+            "NxDModelForCausalLM"),
     }
 
 

@@ -129,6 +129,13 @@ class RecordingNeuronModel:
         return seq_ids * 100 + position_ids.max(dim=1).values
 
 
+def test_the_backend_uses_only_neuron_config_fields_and_the_forward_signature_of_the_wheel(interfaces):
+    on = interfaces["optimum_neuron"]
+    used = set(RecordingNeuronModel().neuron_config.__dict__)  # what NeuronBackend reads
+    assert used <= set(on["neuron_config_params"])
+    assert on["decoder_forward_params"][1:5] == ["input_ids", "position_ids", "seq_ids", "sampling_params"]
+
+
 def test_neuron_backend_runs_each_sequence_in_its_own_slot():
     from lmi_runtime.backends.base import ModelInfo
     from lmi_runtime.backends.neuron_backend import NeuronBackend
