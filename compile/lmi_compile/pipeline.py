@@ -65,16 +65,16 @@ def run_recipe(
         log(f"fetch: {recipe.source.uri}")
         model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
 
-        def quantize_into(out: Path) -> None:
-            from lmi_compile.quantize.stage import quantize
-
-            quantize(model.path, recipe.quantize, out, device=device)
-
         if vendor:
             compiled = _cached(cache, "compile", model.path, vendor_stage.settings(recipe, plan),
                                lambda out: vendor_stage.build(recipe, plan, model.path, out, log), work, hits, log)
             target, quantization = vendor_stage.target_info(recipe, plan), vendor_stage.quantization_info(recipe, plan)
         else:
+            def quantize_into(out: Path) -> None:
+                from lmi_compile.quantize.stage import quantize
+
+                quantize(model.path, recipe.quantize, out, device=device)
+
             quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
             report = QuantReport.load(quantized)
             _log_quality(report, log)
