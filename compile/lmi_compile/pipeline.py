@@ -21,9 +21,10 @@ from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
 from lmi_compile.stages.fetch import fetch
 from lmi_compile.stages.publish import ArtifactRef, publish
-from lmi_compile.targets import torch_target
+from lmi_compile.targets import torch_target, vendor_stage
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
-from lmi_runtime.artifact.manifest import Limits, ModelInfo, QuantizationInfo
+from lmi_runtime.artifact.manifest import Limits, ModelInfo, QuantizationInfo, TargetInfo
+from lmi_runtime.backends.vendor import VENDOR_TARGETS
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.storage.s3 import S3Options
 
@@ -51,12 +52,12 @@ def run_recipe(
     log: Log = print,
 ) -> RunResult:
     plan = plan_recipe(recipe, instance_type=instance_type, token=token)
-    if plan.backend != "torch":
-        raise ConfigError(
-            f"the plan chose the {plan.backend} target, which this build cannot compile here",
-            hint="set target.backend: torch for a portable artifact; the trtllm and neuron targets "
-            "are built inside Dockerfile.trtllm / Dockerfile.neuron",
-        )
+    vendor = plan.backend in VENDOR_TARGETS
+    if vendor:
+        vendor_stage.check(recipe, plan)  # before any download: unsupported combinations fail now
+    elif plan.quantization == "fp8":
+        raise ConfigError("fp8 is produced by ModelOpt for the trtllm target; the plan chose the torch target",
+                          hint="set target.backend: trtllm, or quantize.method awq / smoothquant / static_int8")
     cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
     hits: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="lmi-run-"))
@@ -64,26 +65,32 @@ def run_recipe(
         log(f"fetch: {recipe.source.uri}")
         model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
 
-        def quantize_into(out: Path) -> None:
-            from lmi_compile.quantize.stage import quantize
+        if vendor:
+            compiled = _cached(cache, "compile", model.path, vendor_stage.settings(recipe, plan),
+                               lambda out: vendor_stage.build(recipe, plan, model.path, out, log), work, hits, log)
+            target, quantization = vendor_stage.target_info(recipe, plan), vendor_stage.quantization_info(recipe, plan)
+        else:
+            def quantize_into(out: Path) -> None:
+                from lmi_compile.quantize.stage import quantize
 
-            quantize(model.path, recipe.quantize, out, device=device)
+                quantize(model.path, recipe.quantize, out, device=device)
 
-        quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
-        report = QuantReport.load(quantized)
-        _log_quality(report, log)
+            quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
+            report = QuantReport.load(quantized)
+            _log_quality(report, log)
 
-        def compile_into(out: Path) -> None:
-            torch_target.build(quantized, out, tp_degree=plan.tp_degree)
+            def compile_into(out: Path) -> None:
+                torch_target.build(quantized, out, tp_degree=plan.tp_degree)
 
-        target_settings = {"backend": plan.backend, "tp_degree": plan.tp_degree, "dtype": plan.dtype}
-        compiled = _cached(cache, "compile", quantized, target_settings, compile_into, work, hits, log)
+            target_settings = {"backend": plan.backend, "tp_degree": plan.tp_degree, "dtype": plan.dtype}
+            compiled = _cached(cache, "compile", quantized, target_settings, compile_into, work, hits, log)
+            target, quantization = torch_target.describe(plan.tp_degree, plan.dtype), _quantization(report)
 
         artifact = work / "artifact"
         shutil.copytree(compiled, artifact)
         serving = serving_options(plan)
         (artifact / "serving.properties").write_text("".join(f"{k}={v}\n" for k, v in serving.items()))
-        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, report, serving))
+        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantization, target, serving))
         log(f"publish: {output_uri(recipe)}")
         ref = publish(artifact, output_uri(recipe), s3_options=s3_options)
     finally:
@@ -126,8 +133,13 @@ def serving_options(plan: Plan) -> dict[str, str]:
     }
 
 
-def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, report: QuantReport, serving: dict[str, str]):
-    target = torch_target.describe(plan.tp_degree, plan.dtype)
+def _quantization(report: QuantReport) -> QuantizationInfo:
+    return QuantizationInfo(method=report.method, settings=report.settings,
+                            report=report.model_dump(mode="json", exclude={"method", "settings"}))
+
+
+def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantization: QuantizationInfo,
+              target: TargetInfo, serving: dict[str, str]):
     return build_manifest(
         artifact,
         model=ModelInfo(
@@ -135,11 +147,7 @@ def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, report: 
             revision=recipe.source.revision,
             architecture=(config.get("architectures") or [None])[0],
         ),
-        quantization=QuantizationInfo(
-            method=report.method,
-            settings=report.settings,
-            report=report.model_dump(mode="json", exclude={"method", "settings"}),
-        ),
+        quantization=quantization,
         target=target,
         limits=Limits(
             max_batch_size=plan.max_batch_size,

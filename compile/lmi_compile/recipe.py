@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8"]
+QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]  # fp8: trtllm (ModelOpt) only
 Backend = Literal["auto", "torch", "trtllm", "neuron"]
-INT8_METHODS = ("smoothquant", "static_int8")
+INT8_METHODS = ("smoothquant", "static_int8", "fp8")
 
 
 class Section(BaseModel):
@@ -80,6 +80,7 @@ class TargetSpec(Section):
     tp_degree: Annotated[int, Field(ge=1)] | Literal["max"] = "max"
     pp_degree: int = Field(1, ge=1)
     instance_type: str | None = None  # plan for this SageMaker instance instead of this machine
+    mode: Literal["checkpoint", "engine"] = "checkpoint"  # trtllm only: HF/ModelOpt checkpoint or 1.2 engines
 
 
 class LimitsSpec(Section):

@@ -20,6 +20,8 @@ from typing import Iterator
 
 from lmi_runtime.artifact.folder import read_manifest
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
+from lmi_runtime.artifact.toolchain import check_here
+from lmi_runtime.backends.vendor import VENDOR_TARGETS
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.hardware import probe
 
@@ -115,6 +117,10 @@ def inspect_folder(path: Path) -> ModelFiles:
 def _artifact_files(root: Path) -> ModelFiles:
     manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
     target = manifest.target
+    if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout and toolchain check
+        check_here(target, manifest.quantization.method)
+        _check_sizes(root, manifest)
+        return ModelFiles(root, [], manifest)
     if target.backend not in SERVABLE_TARGETS:
         raise ArtifactError(
             f"this artifact was compiled for the '{target.backend}' backend; this runtime serves "
@@ -128,6 +134,14 @@ def _artifact_files(root: Path) -> ModelFiles:
             "the torch backend of lmi-serve runs one rank",
             hint="compile with tensor_parallel_degree 1 for this runtime",
         )
+    _check_sizes(root, manifest)
+    weights = sorted(root / e.path for e in manifest.group_for_rank(0) if e.path.endswith(".safetensors"))
+    if not weights:
+        weights = _safetensors_in(root / "rank0" if (root / "rank0").is_dir() else root)
+    return ModelFiles(root, weights, manifest)
+
+
+def _check_sizes(root: Path, manifest: Manifest) -> None:
     for entry in manifest.group_for_rank(0):
         file = root / entry.path
         if not file.is_file() or file.stat().st_size != entry.size:
@@ -135,10 +149,6 @@ def _artifact_files(root: Path) -> ModelFiles:
                 f"artifact file '{entry.path}' is missing or has the wrong size",
                 hint="download the artifact again; it is incomplete",
             )
-    weights = sorted(root / e.path for e in manifest.group_for_rank(0) if e.path.endswith(".safetensors"))
-    if not weights:
-        weights = _safetensors_in(root / "rank0" if (root / "rank0").is_dir() else root)
-    return ModelFiles(root, weights, manifest)
 
 
 def _check_hardware(wanted: dict) -> None:

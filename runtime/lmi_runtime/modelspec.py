@@ -176,7 +176,7 @@ class ModelSpec(BaseModel):
                      group_size: int = 128, symmetric: bool = True) -> int:
         """Bytes of the weights in memory. Quantization compresses the decoder layers' matrices
         only; embeddings, lm_head and norms stay in `dtype`:
-          int8 (static_int8, smoothquant): 1 byte per weight + a 16-bit scale per output channel;
+          int8 (static_int8, smoothquant) and fp8: 1 byte per weight + a 16-bit scale per output channel;
           4-bit (awq, gptq): ½ byte per weight + per group of `group_size` inputs a 16-bit scale
           and, when asymmetric, a 4-bit zero point."""
         unit = DTYPE_BYTES[dtype]
@@ -184,7 +184,7 @@ class ModelSpec(BaseModel):
         linears = self.layer_linears()
         if quantization in ("none", None):
             return dense + self.linear_params * unit
-        if quantization in ("static_int8", "smoothquant"):
+        if quantization in ("static_int8", "smoothquant", "fp8"):
             per_layer = sum(l.params + 2 * l.out_features * l.copies for l in linears)
         elif quantization in ("awq", "gptq"):
             per_layer = 0

@@ -9,7 +9,9 @@ from pathlib import Path
 from lmi_runtime.backends.base import Backend
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.backends.vendor_load import is_vendor, load_vendor_backend
 from lmi_runtime.engine.engine import AsyncEngine, LLMEngine
+from lmi_runtime.engine.token_engine import TokenBackend, TokenEngine
 from lmi_runtime.locate import inspect_folder
 from lmi_runtime.server.common import ServerState
 
@@ -19,7 +21,8 @@ log = logging.getLogger("lmi_runtime.serve")
 def load_into(state: ServerState, location: Path, config: EngineConfig) -> AsyncEngine:
     """Load the model at `location` and make `state` serve it; returns the started engine."""
     started = time.perf_counter()
-    backend = load_backend(inspect_folder(location), config)
+    files = inspect_folder(location)
+    backend = load_vendor_backend(files, config) if is_vendor(files) else load_backend(files, config)
     engine = start_engine(state, backend, config)
     log.info(
         "loaded %s in %.1f s (%s); max batch %d, queue %d, max_model_len %d",
@@ -30,8 +33,9 @@ def load_into(state: ServerState, location: Path, config: EngineConfig) -> Async
     return engine
 
 
-def start_engine(state: ServerState, backend: Backend, config: EngineConfig) -> AsyncEngine:
+def start_engine(state: ServerState, backend: Backend | TokenBackend, config: EngineConfig) -> AsyncEngine:
     """Start the engine thread over a loaded backend and publish it in `state` (/ping → 200)."""
-    engine = AsyncEngine(LLMEngine(backend, config, state.registry)).start()
+    engine_cls = TokenEngine if isinstance(backend, TokenBackend) else LLMEngine
+    engine = AsyncEngine(engine_cls(backend, config, state.registry)).start()
     state.info, state.tokenizer, state.engine = backend.info, backend.tokenizer, engine
     return engine

@@ -129,7 +129,7 @@ def test_unknown_quantization_method_in_a_recipe(run_plan, tmp_path):
     done = run_plan(str(recipe), "--for", "ml.g5.12xlarge")
     assert done.returncode == 2
     assert "quantize.method = 'awq4'" in said(done)
-    assert "'none', 'awq', 'gptq', 'smoothquant' or 'static_int8'" in said(done)
+    assert "'none', 'awq', 'gptq', 'smoothquant', 'static_int8' or 'fp8'" in said(done)
 
 
 def test_model_folder_without_config_json(run_plan, tmp_path):

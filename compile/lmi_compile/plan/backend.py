@@ -14,8 +14,10 @@ TRTLLM_MODEL_TYPES = frozenset(
      "gemma", "gpt2", "gpt_bigcode", "gptj", "gpt_neox", "internlm", "llama", "mistral", "mixtral", "mpt",
      "opt", "phi", "qwen", "qwen2", "yi", "t5"}
 )
-# transformers-neuronx's supported set (LLaMA, Mistral, GPT-NeoX, GPT-J, BLOOM, GPT-2, OPT, GPT BigCode).
-NEURON_MODEL_TYPES = frozenset({"llama", "mistral", "gpt_neox", "gptj", "bloom", "gpt2", "opt", "gpt_bigcode"})
+# optimum-neuron 0.4.5's text-generation models (its inference auto_models registry; no Mistral);
+# lmi_compile.targets.neuron refuses the others at `run` (tests/vendors checks this list).
+NEURON_MODEL_TYPES = frozenset({"granite", "llama", "llama4_text", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe",
+                                "smollm3"})
 NEURON_QUANTIZATION = frozenset({"none", "static_int8"})
 # Our compact torch implementation (RMSNorm, RoPE, SwiGLU, GQA); anything else runs through transformers.
 TORCH_COMPACT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "yi"})
@@ -44,8 +46,8 @@ def choose_backend(requested: str, hardware: Hardware, spec: ModelSpec, quantiza
             raise ConfigError(f"quantization '{quantization}' is not available on Neuron",
                               hint=f"on Neuron use one of: {', '.join(sorted(NEURON_QUANTIZATION))}")
         caveat = "" if spec.model_type in NEURON_MODEL_TYPES else (
-            f"; note: {arch} is not in the tested Neuron list ({', '.join(sorted(NEURON_MODEL_TYPES))}), "
-            "compilation may fail")
+            f"; note: optimum-neuron 0.4.5 cannot export {arch} (it exports {', '.join(sorted(NEURON_MODEL_TYPES))}), "
+            "so `lmi-compile run` will refuse it")
         return "neuron", f"Neuron hardware: compiled ahead of time with optimum-neuron{caveat}"
     if requested == "trtllm":
         note = "" if spec.model_type in TRTLLM_MODEL_TYPES else f"; note: {arch} is not in LMI's TensorRT-LLM list"

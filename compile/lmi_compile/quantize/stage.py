@@ -68,6 +68,9 @@ def quantize(
 def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[methods.Settings, str | None]:
     """Turn the user's spec into concrete settings (bits checked, group size resolved)."""
     method = spec.method
+    if method == "fp8":
+        raise ConfigError("fp8 is quantized by NVIDIA ModelOpt for the trtllm target, not by llm-compressor",
+                          hint="use target.backend: trtllm (lmi-compile run in the Dockerfile.trtllm image)")
     if method in ("smoothquant", "static_int8"):
         if "bits" in spec.model_fields_set and spec.bits != 8:
             raise ConfigError(f"{method} quantizes to 8 bits, not {spec.bits}", hint="drop bits or set bits: 8")
