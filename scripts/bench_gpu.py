@@ -123,6 +123,10 @@ def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool) -> dict:
         "prompt_forward_s": forward,
         "kv_cache_tokens": int(backend.info.details["kv_cache_tokens"]),
     }
+    if backend.graphs is not None:  # GPU time of one decode step alone (no host work between)
+        for size in (1, CONCURRENT):
+            graph = backend.graphs.graphs[size][0]
+            result[f"graph_replay_b{size}_ms"] = 1e3 * timed(lambda: [graph.replay() for _ in range(20)]) / 20
     del engine, backend
     gc.collect()
     torch.cuda.empty_cache()
@@ -171,6 +175,8 @@ def report(name: str, figures: dict, out: Path) -> None:
         ("ours TTFT c=1 (ms)", 1e3 * ours["single_ttft_s"],
          f"{ours['single_ttft_s'] / ours['prompt_forward_s']:.2f}x forward"),
         (f"ours TTFT c={CONCURRENT} p50 (ms)", 1e3 * ours[f"c{CONCURRENT}_ttft_p50_s"], ""),
+        ("decode graph alone b=1 / b=64 (ms)", ours.get("graph_replay_b1_ms", 0),
+         f"{ours.get(f'graph_replay_b{CONCURRENT}_ms', 0):.2f} ms at b={CONCURRENT}"),
         ("load + compile + capture (s)", ours["load_s"], f"eager load {figures['eager']['load_s']:.1f} s"),
     ]
     print(f"\n{name} ({figures['dtype']}, {figures['device']}, {PROMPT} in / {NEW} out)")

@@ -57,7 +57,8 @@ class TorchLlamaBackend(Backend):
         self.kv.free(seq.seq_id)
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        return torch.stack([self._prefill_tokens(s.seq_id, s.token_ids, all_logits=False) for s in seqs])
+        rows = self._prefill([(s.seq_id, s.token_ids) for s in seqs], all_logits=False)
+        return torch.cat(rows)
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
@@ -79,24 +80,43 @@ class TorchLlamaBackend(Backend):
         the cache: row i predicts token i + 1."""
         scratch = -1
         if not self.kv.allocate(scratch, len(token_ids)):
-            raise RuntimeError("no KV-cache room to score this prompt now")
+            raise RuntimeError("no KV-cache room to score this prompt now; retry later")
         try:
-            return self._prefill_tokens(scratch, token_ids, all_logits=True).float()
+            return torch.cat(self._prefill([(scratch, token_ids)], all_logits=True)).float()
         finally:
             self.kv.free(scratch)
 
-    def _prefill_tokens(self, seq_id: int, token_ids: list[int], all_logits: bool) -> torch.Tensor:
-        """Run one sequence's prompt in chunks; the logits of its last token (or of all)."""
-        out = []
-        for start in range(0, len(token_ids), self.prefill_chunk):
-            chunk = token_ids[start: start + self.prefill_chunk]
-            last = start + len(chunk) == len(token_ids)
-            logits = self.forward([Work(seq_id, chunk, start + len(chunk))], all_logits=all_logits)
-            if all_logits:
-                out.append(logits)
-            elif last:
-                out.append(logits[0])
-        return torch.cat(out) if all_logits else out[0]
+    def _prefill(self, prompts: list[tuple[int, list[int]]], all_logits: bool) -> list[torch.Tensor]:
+        """Pack prompts into forwards of at most `prefill_chunk` tokens, splitting a prompt
+        across forwards where it does not fit (each chunk attends to the ones cached before
+        it); per prompt, in order, the logits of its last token ([1, vocab]) or of all."""
+        out: list[torch.Tensor] = []
+        work: list[Work] = []
+        wanted: list[bool] = []  # per Work: does its logits row go to `out`?
+        room = self.prefill_chunk
+
+        def flush() -> None:
+            nonlocal work, wanted, room
+            if work:
+                logits = self.forward(work, all_logits)
+                if all_logits:
+                    out.append(logits)
+                else:
+                    out.extend(logits[i: i + 1] for i, keep in enumerate(wanted) if keep)
+            work, wanted, room = [], [], self.prefill_chunk
+
+        for seq_id, token_ids in prompts:
+            done = 0
+            while done < len(token_ids):
+                take = min(room, len(token_ids) - done)
+                work.append(Work(seq_id, token_ids[done: done + take], done + take))
+                done += take
+                wanted.append(done == len(token_ids))
+                room -= take
+                if room == 0:
+                    flush()
+        flush()
+        return out
 
     def forward(self, work: list[Work], all_logits: bool = False) -> torch.Tensor:
         """One eager forward over packed tokens; logits of each Work's last token (or all)."""

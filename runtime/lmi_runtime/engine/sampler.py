@@ -89,11 +89,17 @@ def top_logprobs(logprobs: torch.Tensor, n: int) -> list[TopLogprobs]:
 def sample(
     logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator | None]
 ) -> list[Pick]:
-    """Pick one token per row of `logits` ([len(seqs), vocab])."""
+    """Pick one token per row of `logits` ([len(seqs), vocab]). The choices stay on the device
+    until one copy brings ids and log-probs back together (one host sync per step)."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
-    work = [processed_logits(logits[i], seq) for i, seq in enumerate(seqs)]
-    chosen = torch.stack(work).argmax(dim=-1).tolist()
+    work = logits
+    processed = [i for i, seq in enumerate(seqs) if seq.params.logit_bias or seq.params.penalized]
+    if processed:
+        work = logits.clone()
+        for i in processed:
+            work[i] = processed_logits(logits[i], seqs[i])
+    chosen = work.argmax(dim=-1)
     for i, seq in enumerate(seqs):
         params = seq.params
         if params.greedy:
@@ -102,11 +108,12 @@ def sample(
         probs = torch.softmax(row, dim=-1)
         if not torch.isfinite(probs).all():
             raise ValueError("the sampling parameters turned the model's logits into non-finite values")
-        chosen[i] = int(torch.multinomial(probs, 1, generator=generators[seq.seq_id]).item())
-    picked = logprobs[torch.arange(len(seqs)), torch.tensor(chosen)].tolist()
+        chosen[i] = torch.multinomial(probs, 1, generator=generators[seq.seq_id])[0]
+    picked = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
+    ids, lps = torch.stack((chosen.double(), picked.double())).tolist()
     want = max((s.params.logprobs or 0) for s in seqs)
     tops = top_logprobs(logprobs, want) if want else [[] for _ in seqs]
     return [
-        Pick(token, lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
-        for token, lp, top, seq in zip(chosen, picked, tops, seqs)
+        Pick(int(token), lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
+        for token, lp, top, seq in zip(ids, lps, tops, seqs)
     ]
