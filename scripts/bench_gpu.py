@@ -98,7 +98,32 @@ def bench_transformers(folder: Path, dtype: torch.dtype, vocab: int) -> dict:
     return out
 
 
-def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool) -> dict:
+def profile_decode(backend, out: Path) -> None:
+    """Kernel time of one decode forward at batch 1 and 64 (contexts of 192 tokens), compiled
+    but outside a graph so the profiler sees each kernel; the table goes to profile_decode.txt."""
+    from torch.profiler import ProfilerActivity, profile
+
+    graphs = backend.graphs
+    graphs.tables.copy_(torch.arange(graphs.tables.numel(), dtype=torch.int32, device="cuda")
+                        .view_as(graphs.tables) % (backend.kv.num_blocks - 1) + 1)
+    graphs.ctx_lens.fill_(192)
+    graphs.tokens[2].zero_()  # write to the scratch block
+    lines = []
+    for size in (1, CONCURRENT):
+        inputs = graphs._inputs(size)
+        for _ in range(3):
+            backend.model(inputs, backend.kv.pool, backend.kv.block_size)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                backend.model(inputs, backend.kv.pool, backend.kv.block_size)
+            torch.cuda.synchronize()
+        lines.append(f"batch {size}, 5 forwards\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
+    (out / "profile_decode.txt").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_to: Path | None = None) -> dict:
     config = EngineConfig(device="cuda", dtype=dtype_name, max_batch_size=CONCURRENT, enforce_eager=eager,
                           max_model_len=1024)
     started = time.perf_counter()
@@ -127,6 +152,8 @@ def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool) -> dict:
         for size in (1, CONCURRENT):
             graph = backend.graphs.graphs[size][0]
             result[f"graph_replay_b{size}_ms"] = 1e3 * timed(lambda: [graph.replay() for _ in range(20)]) / 20
+        if profile_to is not None:
+            profile_decode(backend, profile_to)
     del engine, backend
     gc.collect()
     torch.cuda.empty_cache()
@@ -208,6 +235,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with tokenizer files")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--profile", action="store_true", help="also write the decode step's kernel table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
@@ -220,7 +248,8 @@ def main() -> None:
                        "ceiling_tok_s": bandwidth / step_bytes(folder)}
             figures |= bench_transformers(folder, dtype, vocab)
             figures["eager"] = bench_ours(folder, args.dtype, vocab, eager=True)
-            figures["graphs"] = bench_ours(folder, args.dtype, vocab, eager=False)
+            figures["graphs"] = bench_ours(folder, args.dtype, vocab, eager=False,
+                                           profile_to=args.out if args.profile else None)
             report(Path(name).name, figures, args.out)
 
 
