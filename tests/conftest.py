@@ -1,10 +1,17 @@
 """Fixtures shared by every test area: the real bundled model (converted once per machine) and
-a real S3-compatible server (SeaweedFS on 127.0.0.1, one per session)."""
+a real S3-compatible server (SeaweedFS on 127.0.0.1, one per session).
+
+Tests never touch the user's own caches: `isolate_caches` (below, at import time, so that
+subprocesses inherit it too) points every cache at a test-owned folder. The converted bundled
+model lives in one stable test-owned place (`LMI_TEST_CACHE`, default /tmp/lmi-compile-test-cache)
+so the suite converts it once per machine, not once per run or per test.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import uuid
@@ -14,6 +21,19 @@ import pytest
 import s3server
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_CACHE = Path(os.environ.get("LMI_TEST_CACHE") or Path(tempfile.gettempdir()) / "lmi-compile-test-cache")
+
+
+def isolate_caches(root: Path) -> dict[str, str]:
+    """Cache variables that keep lmi-compile, lmi-serve and Hugging Face off ~/.cache."""
+    return {
+        "LMI_COMPILE_CACHE": str(root / "lmi-compile"),
+        "LMI_SERVE_CACHE": str(root / "lmi-serve"),
+        "HF_HOME": str(root / "hf"),
+    }
+
+
+os.environ.update(isolate_caches(TEST_CACHE))
 
 
 @pytest.fixture(scope="session")

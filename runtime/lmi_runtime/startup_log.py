@@ -1,0 +1,34 @@
+"""A quiet, informative log for `lmi-serve`: our own lines ("loading …", "loaded … in N s"),
+uvicorn's, and warnings or errors from libraries — but no progress bars (transformers'
+"Loading weights", compressed-tensors' "Compressing model") and no deprecation chatter from
+the libraries we call, which say nothing an operator can act on. Every line is redacted."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from lmi_runtime.redact import install_log_redaction
+
+# Read by tqdm, huggingface_hub and transformers when they are imported (so: set before).
+QUIET_ENV = {
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+NOISY_PACKAGES = ("transformers", "torch", "compressed_tensors", "huggingface_hub", "accelerate")
+
+
+def configure_logging(level: str) -> None:
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for package in NOISY_PACKAGES:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=package)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=package)
+        warnings.filterwarnings("ignore", category=UserWarning, module=package)
+        logging.getLogger(package).setLevel(max(logging.ERROR, logging.getLogger().level))
+    install_log_redaction()
