@@ -17,11 +17,14 @@ from typing import Optional
 
 import typer
 
-from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors
-from lmi_runtime.errors import LmiError, debug_enabled
-from lmi_runtime.locate import resolve_location
-from lmi_runtime.serve_options import engine_config
-from lmi_runtime.startup_log import configure_logging
+from lmi_runtime.startup_log import configure_logging, quiet_environment
+
+quiet_environment()  # before anything imports tqdm (it reads TQDM_DISABLE at import time)
+
+from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors  # noqa: E402
+from lmi_runtime.errors import LmiError, debug_enabled  # noqa: E402
+from lmi_runtime.locate import resolve_location  # noqa: E402
+from lmi_runtime.serve_options import engine_config  # noqa: E402
 
 log = logging.getLogger("lmi_runtime")
 

@@ -33,7 +33,7 @@ from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
 from lmi_runtime.checksums import HashCache
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.hardware import probe
-from lmi_runtime.modelfolder import TOKENIZER_FILES
+from lmi_runtime.modelfolder import TOKENIZER_FILES, read_config_file
 from lmi_runtime.safepath import safe_join
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -132,9 +132,12 @@ def inspect_folder(path: Path, verify: bool = True) -> ModelFiles:
     and its files against the manifest (sha256 skipped with `verify=False`)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        return _artifact_files(path, verify)
-    files = ModelFiles(path, _safetensors_in(path))
-    _refuse_links_out(path, files)
+        files = _artifact_files(path, verify)
+    else:
+        files = ModelFiles(path, _safetensors_in(path))
+        _refuse_links_out(path, files)
+    if (files.root / "config.json").is_file():  # sizes in bounds before the loader allocates anything
+        read_config_file(files.root / "config.json", str(path))
     return files
 
 

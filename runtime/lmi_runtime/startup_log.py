@@ -22,13 +22,32 @@ QUIET_ENV = {
 NOISY_PACKAGES = ("transformers", "torch", "compressed_tensors", "huggingface_hub", "accelerate")
 
 
-def configure_logging(level: str) -> None:
+def quiet_environment() -> None:
+    """Set QUIET_ENV (unless the user set them): must run before tqdm is first imported."""
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
+
+
+def configure_logging(level: str) -> None:
+    quiet_environment()
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for package in NOISY_PACKAGES:
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=package)
         warnings.filterwarnings("ignore", category=FutureWarning, module=package)
         warnings.filterwarnings("ignore", category=UserWarning, module=package)
         logging.getLogger(package).setLevel(max(logging.ERROR, logging.getLogger().level))
+    _disable_library_progress_bars()
     install_log_redaction()
+
+
+def _disable_library_progress_bars() -> None:
+    """transformers passes `disable=` to tqdm itself, so TQDM_DISABLE alone does not silence it."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - both are base dependencies
+        pass

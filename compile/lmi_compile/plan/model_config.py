@@ -1,13 +1,15 @@
-"""Read only a model's config.json, wherever the model lives: planning needs shapes, not weights."""
+"""Read only a model's config.json, wherever the model lives: planning needs shapes, not weights.
+The config is checked against sane bounds (`check_model_config`) before anything uses it."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from lmi_runtime.errors import ModelFolderError
+from lmi_runtime.modelfolder import read_config_file
+from lmi_runtime.safepath import safe_join
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -42,10 +44,8 @@ def _read_folder(folder: Path, uri: str) -> dict[str, Any]:
         where = f" (found one in {nested[0]})" if nested else ""
         raise ModelFolderError(f"model folder {folder} has no config.json{where}",
                                hint="point at a Hugging Face model folder: config.json beside the weights and tokenizer")
-    try:
-        return json.loads(config.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ModelFolderError(f"{config} is not valid JSON: {err}", hint="re-download the model's config.json") from err
+    safe_join(folder, "config.json", ModelFolderError, "model file")  # no symlink out of the folder
+    return read_config_file(config, uri)
 
 
 def _read_hub(repo_id: str, revision: str | None, token: str | None) -> dict[str, Any]:
@@ -60,4 +60,4 @@ def _read_hub(repo_id: str, revision: str | None, token: str | None) -> dict[str
             + (f" at revision {revision}" if revision else "") + f": {type(err).__name__}",
             hint="check the id and revision; gated models need HF_TOKEN; without network, plan a local folder",
         ) from err
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return read_config_file(Path(path), repo_id)
