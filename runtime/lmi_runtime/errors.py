@@ -70,12 +70,14 @@ def os_failure(err: OSError, doing: str = "") -> OSFailure:
     what = f"{doing}: " if doing else ""
     reason = err.strerror or type(err).__name__
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        folder = _existing_parent(Path(path)) if path else Path(tempfile.gettempdir())
-        free = shutil.disk_usage(folder).free / 2**30
+        # The error may name the source of a copy: report the fullest of the places involved.
+        places = [_existing_parent(Path(p)) for p in (err.filename, err.filename2) if p] + [Path(tempfile.gettempdir())]
+        folder = min(places, key=lambda place: shutil.disk_usage(place).free)
+        free = shutil.disk_usage(folder).free / 2**20
         return OSFailure(
-            f"{what}no space left on the device holding {folder}{where and f' (writing{where})'}: {free:.2f} GiB free",
-            hint=f"free space under {folder} (old artifacts, ~/.cache/lmi-compile, leftover lmi-run-* folders in "
-            f"{tempfile.gettempdir()}), or point TMPDIR / --out / LMI_COMPILE_CACHE at a larger disk",
+            f"{what}no space left on the device holding {folder} ({free:.1f} MiB free there)",
+            hint=f"free space under {folder} (old artifacts, the stage cache in ~/.cache/lmi-compile, leftover "
+            f"lmi-run-* folders in {tempfile.gettempdir()}), or point TMPDIR / --out / LMI_COMPILE_CACHE at a larger disk",
         )
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OSFailure(f"{what}{reason}:{where or ' (no path given)'}", hint="check the permissions of that path, or choose a writable location")

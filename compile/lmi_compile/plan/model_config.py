@@ -52,8 +52,18 @@ def _read_hub(repo_id: str, revision: str | None, token: str | None) -> dict[str
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    from huggingface_hub import constants
+
+    from lmi_runtime.storage.hub import hub_reachable, offline_error
+
+    offline = not constants.HF_HUB_OFFLINE and not hub_reachable()
     try:
-        path = hf_hub_download(repo_id, "config.json", revision=revision, token=token)
+        path = hf_hub_download(repo_id, "config.json", revision=revision, token=token, local_files_only=offline)
+    except LocalEntryNotFoundError as err:
+        if offline:  # not cached either: say "offline" now, not after 30 s of retries
+            raise offline_error(repo_id) from None
+        raise ModelFolderError(f"config.json of hub model '{repo_id}' is not in the local cache and HF_HUB_OFFLINE is set",
+                               hint="unset HF_HUB_OFFLINE, or plan a local folder") from err
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         raise ModelFolderError(
             f"could not read config.json of hub model '{repo_id}'"
