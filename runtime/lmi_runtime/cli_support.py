@@ -37,7 +37,8 @@ def as_user_error(err: BaseException) -> LmiError:
         return err
     if isinstance(err, OSError):
         return os_failure(err)
-    return LmiError(f"unexpected {type(err).__name__}: {redact(str(err))[:500]}",
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return LmiError(f"unexpected {type(err).__name__}: {first_line[:300]}",
                     hint="run again with --debug for the traceback, and report it if the input was valid")
 
 

@@ -33,6 +33,7 @@ OPTION_FIELDS: dict[str, type] = {
 
 # EngineConfig field → the serving.properties key a CLI option sets (the rest: option.<field>).
 CLI_KEYS = {"max_batch_size": "option.max_rolling_batch_size", "max_queue": "job_queue_size"}
+CLI_FLAGS = {"max_queue": "--max-concurrent-requests"}  # EngineConfig field → its lmi-serve flag
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -41,7 +42,22 @@ def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     properties = model_dir / "serving.properties" if model_dir is not None else None
     config = load_serving_config(env, properties if properties is not None and properties.is_file() else None,
                                  overrides=cli_settings(cli))
-    return EngineConfig(**_from_serving_config(config))
+    values = _from_serving_config(config)
+    if model_dir is not None and values.get("max_model_len"):
+        _check_model_len(values["max_model_len"], model_dir)
+    return EngineConfig(**values)
+
+
+def _check_model_len(wanted: int, model_dir: Path) -> None:
+    """max_model_len (flag, OPTION_MAX_MODEL_LEN or option.n_positions) within what the model was trained for."""
+    from lmi_runtime.modelfolder import read_config_file
+
+    config_file = model_dir / "config.json"
+    limit = read_config_file(config_file, str(model_dir)).get("max_position_embeddings") if config_file.is_file() else None
+    if isinstance(limit, int) and wanted > limit:
+        raise ConfigError(f"max_model_len {wanted} (--max-model-len, OPTION_MAX_MODEL_LEN or option.n_positions) exceeds "
+                          f"the model's max_position_embeddings {limit}",
+                          hint=f"set it to at most {limit}, or leave it unset")
 
 
 def cli_settings(cli: Mapping[str, Any]) -> dict[str, Setting]:
@@ -52,7 +68,7 @@ def cli_settings(cli: Mapping[str, Any]) -> dict[str, Setting]:
             continue
         key = CLI_KEYS.get(name, f"option.{name}")
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        settings[key] = Setting(key, text, "command-line option", f"--{name.replace('_', '-')}")
+        settings[key] = Setting(key, text, "command-line option", CLI_FLAGS.get(name, f"--{name.replace('_', '-')}"))
     return settings
 
 
