@@ -83,3 +83,43 @@ def s3_env(s3, monkeypatch) -> dict[str, str]:
 @pytest.fixture()
 def bucket(s3, s3_env) -> str:
     return s3.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_artifact(smollm2_dir, tmp_path_factory) -> Path:
+    """The real bundled model as an artifact (config + tokenizer at the root, weights under
+    rank0/, a manifest). Files are hard links into the cached model: copy before changing any
+    (`copy_artifact`)."""
+    from lmi_runtime.artifact.folder import build_manifest, write_manifest
+    from lmi_runtime.artifact.manifest import ModelInfo, TargetInfo
+
+    root = tmp_path_factory.mktemp("smollm2-artifact")
+    for item in smollm2_dir.iterdir():
+        target = root / "rank0" / item.name if item.suffix == ".safetensors" else root / item.name
+        target.parent.mkdir(exist_ok=True)
+        os.link(item, target)
+    info = {"model": ModelInfo(source="bundled://smollm2", architecture="LlamaForCausalLM"), "target": TargetInfo(backend="torch")}
+    write_manifest(root, build_manifest(root, **info))
+    return root
+
+
+@pytest.fixture(scope="session")
+def copy_artifact():
+    """`copy_artifact(src, dest, copy_weights=False)`: see `_copy_artifact`."""
+    return _copy_artifact
+
+
+def _copy_artifact(src: Path, dest: Path, copy_weights: bool = False) -> Path:
+    """A private copy of an artifact to tamper with: small files copied, weights hard-linked
+    unless `copy_weights` (then they may be changed too)."""
+    import shutil
+
+    for item in src.rglob("*"):
+        if item.is_file():
+            target = dest / item.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if item.suffix == ".safetensors" and not copy_weights:
+                os.link(item, target)
+            else:
+                shutil.copyfile(item, target)
+    return dest
