@@ -7,6 +7,7 @@ import logging
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Match
 
 from lmi_runtime import __version__
 from lmi_runtime.metrics import Counter
@@ -25,8 +26,8 @@ class RequestCounter:
     route's template, never the raw path: 3,000 GETs to made-up paths add one `unmatched`
     series, not 3,000."""
 
-    def __init__(self, app, counter: Counter):
-        self.app, self.counter = app, counter
+    def __init__(self, app, counter: Counter, routes: list):
+        self.app, self.counter, self.routes = app, counter, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -41,20 +42,32 @@ class RequestCounter:
         try:
             await self.app(scope, receive, record)
         finally:
-            self.counter.inc(path=route_label(scope), status=str(status["code"]))
+            self.counter.inc(path=route_label(scope, self.routes), status=str(status["code"]))
 
 
-def route_label(scope) -> str:
-    """The template of the route that handled the request (`/v1/chat/completions`), or `unmatched`."""
+def route_label(scope, routes: list) -> str:
+    """The template of the route for this request (`/v1/chat/completions`), or `unmatched`;
+    also for requests answered before routing (a 413 from the body limits)."""
     route = scope.get("route")
+    for candidate in _flat(routes) if route is None else ():
+        if candidate.matches(scope)[0] == Match.FULL:
+            route = candidate
+            break
     return getattr(route, "path", None) or "unmatched"
+
+
+def _flat(routes: list):
+    """Routes, with those of included routers listed in place of the router."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        yield from _flat(inner.routes) if inner is not None else (route,)
 
 
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="lmi-serve", version=__version__)
     requests = state.registry.add(Counter("lmi_requests_total", "HTTP requests by path and status."))
     app.add_middleware(BodyLimits, max_bytes=max_payload_bytes())
-    app.add_middleware(RequestCounter, counter=requests)  # outermost: counts the limits' 413/400 too
+    app.add_middleware(RequestCounter, counter=requests, routes=app.router.routes)  # outermost: counts the limits' 413/400 too
     app.state.lmi = state
 
     @app.exception_handler(HTTPError)
