@@ -41,7 +41,20 @@ def configure_logging(level: str) -> None:
 
 
 def _disable_library_progress_bars() -> None:
-    """transformers passes `disable=` to tqdm itself, so TQDM_DISABLE alone does not silence it."""
+    """Libraries pass `disable=` to tqdm themselves (compressed-tensors' "Applying quantization
+    config", "Compressing model"), which overrides TQDM_DISABLE: a server process has no
+    terminal to draw bars on, so every tqdm bar in it is disabled."""
+    import tqdm.std
+
+    if not getattr(tqdm.std.tqdm.__init__, "_lmi_quiet", False):
+        original = tqdm.std.tqdm.__init__
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            original(self, *args, **kwargs)
+
+        quiet_init._lmi_quiet = True  # type: ignore[attr-defined]
+        tqdm.std.tqdm.__init__ = quiet_init  # type: ignore[method-assign]
     try:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging

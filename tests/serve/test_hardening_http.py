@@ -104,3 +104,14 @@ def test_a_client_that_dribbles_its_headers_is_dropped(slow_header_server):
         ok.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
         assert ok.recv(1024) == b""
     assert httpx.get(f"http://127.0.0.1:{port}/ping").status_code == 503
+
+
+def test_an_unexpected_error_does_not_break_the_connection_for_the_next_request(live):
+    # A request that fails unexpectedly inside the server (on this branch: a seed beyond 64 bits)
+    # must not take its keep-alive connection down with it: the next request reuses it.
+    with httpx.Client(base_url=live.url, timeout=60, limits=httpx.Limits(max_connections=1)) as one:
+        odd = one.post("/invocations", json={"inputs": "x", "parameters": {"do_sample": True, "seed": 2**70,
+                                                                          "max_new_tokens": 2}})
+        assert 400 <= odd.status_code < 600 and "error" in odd.json()
+        for _ in range(3):
+            assert one.post("/invocations", json={"inputs": "Hi", "parameters": {"max_new_tokens": 2}}).status_code == 200

@@ -3,6 +3,7 @@ SageMaker's health check sees a live server while the model loads."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import APIRouter, FastAPI, Request
@@ -32,17 +33,34 @@ class RequestCounter:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = {"code": 500}
+        status = {"code": 500, "started": False, "done": False}
 
         async def record(message):
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                status["done"] = True
             await send(message)
 
         try:
             await self.app(scope, receive, record)
+        except Exception as err:  # noqa: BLE001 - one request's failure stays its own
+            # Answered here, not re-raised: Starlette's outermost error middleware would answer
+            # and re-raise to uvicorn, which then closes the keep-alive connection under a
+            # client that may already reuse it — failing the next, unrelated request on it.
+            if status["started"] and not status["done"]:
+                raise  # half a response: only closing the connection can tell the client
+            log.exception("unexpected error")
+            if not status["started"]:
+                await record({"type": "http.response.start", "status": 500,
+                              "headers": [(b"content-type", b"application/json")]})
+                await record({"type": "http.response.body", "body": json.dumps(internal_error(err)).encode()})
         finally:
             self.counter.inc(path=route_label(scope, self.routes), status=str(status["code"]))
+
+
+def internal_error(err: Exception) -> dict:
+    return {"error": redact(f"internal error: {type(err).__name__}: {err}")}
 
 
 def route_label(scope, routes: list) -> str:
@@ -77,7 +95,7 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:
         log.exception("unexpected error")
-        return JSONResponse({"error": redact(f"internal error: {type(err).__name__}: {err}")}, status_code=500)
+        return JSONResponse(internal_error(err), status_code=500)
 
     @app.get("/ping")
     async def ping() -> JSONResponse:
