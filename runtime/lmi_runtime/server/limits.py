@@ -25,6 +25,7 @@ from lmi_runtime.errors import ConfigError
 PAYLOAD_VARIABLE = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 DEFAULT_PAYLOAD_MB = 6.0
 MAX_JSON_DEPTH = 64
+DISCARD_FACTOR = 4  # a body beyond 4 × the cap is cut off without its 413 being readable
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 
@@ -69,7 +70,7 @@ class BodyLimits:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(send)
+            return await self._too_large(receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -78,7 +79,7 @@ class BodyLimits:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                return await self._too_large(send)
+                return await self._too_large(receive, send, more=message.get("more_body", False))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -97,7 +98,16 @@ class BodyLimits:
 
         return await self.app(scope, replay, send)
 
-    async def _too_large(self, send):
+    async def _too_large(self, receive, send, more: bool = True):
+        """413, after reading (and dropping) the rest of a body up to DISCARD_FACTOR × the cap:
+        a client still uploading when the connection closes sees a reset, not the answer."""
+        discarded = 0
+        while more and discarded <= DISCARD_FACTOR * self.max_bytes:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            discarded += len(message.get("body", b""))
+            more = message.get("more_body", False)
         limit_mb = self.max_bytes / 2**20
         return await _reply(send, 413, f"the request body is larger than {limit_mb:g} MB",
                             f"send a smaller request, or raise {PAYLOAD_VARIABLE} on the endpoint")
