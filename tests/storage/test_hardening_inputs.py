@@ -10,7 +10,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from lmi_compile.recipe import SourceSpec
 from lmi_compile.stage_cache import StageCache, stage_key
 from lmi_compile.stages.fetch import fetch
 from lmi_compile.workdir import OWNER, PREFIX, clean_stale
-from lmi_runtime.errors import ConfigError, ModelFolderError
+from lmi_runtime.errors import ModelFolderError
 from lmi_runtime.modelfolder import validate_model_folder
 
 from storage_folders import write_model
