@@ -211,7 +211,17 @@ def safetensors_keys(file: Path) -> set[str]:
 
 
 def check_tokenizer(path: Path, source: str) -> None:
-    """tokenizer.json must parse (a 0-byte or cut-off file otherwise fails only at serve time)."""
+    """tokenizer.json must parse and tokenizer_config.json be a JSON object (a 0-byte or
+    cut-off file otherwise fails only at serve time)."""
+    settings = path / "tokenizer_config.json"
+    if settings.is_file():
+        try:
+            parsed = json.loads(settings.read_bytes())
+        except (ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise ModelFolderError(f"{source}: tokenizer_config.json is not a JSON object",
+                                   hint="the file is empty, truncated or corrupt: fetch the model again")
     file = path / "tokenizer.json"
     if not file.is_file():
         return

@@ -112,6 +112,11 @@ def test_fetch_refuses_a_tokenizer_that_does_not_parse(tmp_path):
     (folder / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": ')  # cut off
     with pytest.raises(ModelFolderError, match="tokenizer.json does not parse"):
         validate_model_folder(folder)
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}))
+    validate_model_folder(folder)
+    (folder / "tokenizer_config.json").write_bytes(b"")
+    with pytest.raises(ModelFolderError, match="tokenizer_config.json is not a JSON object"):
+        validate_model_folder(folder)
 
 
 def test_the_real_model_still_fetches(smollm2_dir, tmp_path):
