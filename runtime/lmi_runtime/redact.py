@@ -1,8 +1,8 @@
 """Secrets never reach a message: every error, hint and log line goes through `redact`.
 
 Three shapes are hidden: the userinfo of a URL (`http://user:pass@host` → `http://***@host`,
-as in a pasted AWS_ENDPOINT_URL), the value after a secret-looking key (`token=…`,
-`AWS_SECRET_ACCESS_KEY: …`, `password '…'`), and strings shaped like well-known credentials
+as in a pasted AWS_ENDPOINT_URL), the value after a key that ends in a secret word (`HF_TOKEN=…`,
+`AWS_SECRET_ACCESS_KEY: …`, `"password": "…"`; not `max_new_tokens: 16` or `bos_token_id: 1`), and strings shaped like well-known credentials
 (`hf_…`, `AKIA…`/`ASIA…`, `ghp_…`, `sk-…`) wherever they appear, e.g. a token pasted under
 the wrong serving.properties key and echoed back by a validation error.
 """
@@ -16,7 +16,7 @@ MASK = "***"
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
 _SECRET_KEY = re.compile(
-    r"(?P<key>\b[\w.-]*(?:token|secret|password|passwd|credential|api[_-]?key|access[_-]?key|auth)[\w.-]*['\"]?)"
+    r"(?P<key>\b[\w.-]*(?:token|secret|password|passwd|credentials?|api[_-]?key|access[_-]?key|auth)['\"]?)"
     r"(?P<sep>\s*[=:]\s*)(?P<quote>['\"]?)(?P<value>[^\s'\",;)]+)",
     re.IGNORECASE,
 )

@@ -80,6 +80,8 @@ def test_redaction(text, secret):
 
 def test_redaction_leaves_ordinary_messages_alone():
     for text in ("set HF_TOKEN for gated models", "sha256 mismatch: rank0/model.safetensors",
+                 "'parameters.max_new_tokens': Input should be greater than 0", '"bos_token_id": 1',
+                 "kv_cache_tokens 16384",
                  "s3://bucket/prefix has no lmi-artifact.json", "max_new_tokens is 4096"):
         assert redact(text) == text
 
