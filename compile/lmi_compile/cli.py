@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from lmi_runtime.cli_support import DEBUG_HELP, set_debug
+
 app = typer.Typer(
     name="lmi-compile",
     help="Prepare LLM artifacts ahead of time: plan, fetch, quantize, compile, publish.",
@@ -13,8 +15,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
-    """Keeps `lmi-compile COMMAND` a command group even while only one command is registered."""
+def _root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    """Global options (`lmi-compile --debug COMMAND`); also keeps `lmi-compile COMMAND` a group."""
+    set_debug(debug)
 
 
 # Each command lives in lmi_compile.commands.<name> and registers itself on `app`.

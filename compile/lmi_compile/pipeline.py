@@ -10,7 +10,6 @@ and tool versions, so a re-run with the same recipe skips them.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from lmi_compile.stage_cache import StageCache, stage_key
 from lmi_compile.stages.fetch import fetch
 from lmi_compile.stages.publish import ArtifactRef, publish
 from lmi_compile.targets import torch_target, vendor_stage
+from lmi_compile.workdir import new_work_folder
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
 from lmi_runtime.artifact.manifest import Limits, ModelInfo, QuantizationInfo, TargetInfo
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
@@ -60,7 +60,7 @@ def run_recipe(
                           hint="set target.backend: trtllm, or quantize.method awq / smoothquant / static_int8")
     cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
     hits: list[str] = []
-    work = Path(tempfile.mkdtemp(prefix="lmi-run-"))
+    work = new_work_folder()  # also removes the work folders of killed runs
     try:
         log(f"fetch: {recipe.source.uri}")
         model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)

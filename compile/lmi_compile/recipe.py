@@ -108,7 +108,8 @@ class OutputSpec(Section):
 
 
 class Recipe(Section):
-    name: str = "model"
+    # Substituted into output.uri ({name}): a plain name, so that `../x` cannot leave the output root.
+    name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     source: SourceSpec
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)

@@ -28,19 +28,65 @@ def load_recipe(path: Path | str) -> Recipe:
     return recipe_from_dict(read_recipe_file(path), where=path.name)
 
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a few hundred bytes
+MAX_YAML_VALUES = 10_000  # values after alias expansion: a recipe has a few dozen
+
+
 def read_recipe_file(path: Path) -> dict[str, Any]:
-    """The YAML mapping in `path`, with a clear error for a missing, unreadable or non-mapping file."""
+    """The YAML mapping in `path`, with a clear error for a missing, unreadable, non-UTF-8,
+    oversized or non-mapping file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"recipe {path} is {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}",
+                              hint="pass a recipe YAML file (see recipes/)")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read recipe {path}: {err.strerror or err}",
                           hint="pass the path of a recipe YAML file (see recipes/)") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"recipe {path} is not valid YAML: {err}", hint="check indentation and quoting") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})",
+                          hint="save the recipe as UTF-8 YAML") from None
+    data = load_yaml(text, f"recipe {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (source, quantize, target, ...)",
                           hint="see recipes/smollm2-int8.yaml for the layout")
     return data
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with a budget: a document whose aliases expand to more than
+    MAX_YAML_VALUES values (a "billion laughs" bomb) is refused before it is built, so it can
+    neither hang a validator nor be printed in an error."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise ConfigError(f"{where} expands to more than {MAX_YAML_VALUES} values through YAML aliases (&anchor / *alias)",
+                              hint="write the values out; recipes do not need aliases that multiply")
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {str(err)[:300]}", hint="check indentation and quoting") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply", hint="a recipe is a few levels deep; check the file") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (memoised, so counting
+    a bomb is as cheap as reading it)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(item, memo) for item in node.value)
+    else:
+        total = 1
+    memo[id(node)] = total
+    return total
 
 
 def recipe_from_dict(data: dict[str, Any], where: str = "recipe") -> Recipe:
@@ -124,7 +170,13 @@ def _recipe_error(err: ValidationError, where: str) -> ConfigError:
         path = ".".join(str(p) for p in item["loc"] if not _UNION_TAG.match(str(p))) or "recipe"
         expected = item.get("ctx", {}).get("expected")
         message = f"allowed: {expected}" if expected else item["msg"].removeprefix("Value error, ")
-        shown = f" = {item['input']!r}" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        shown = f" = {_short(item['input'])}" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
         problems.setdefault(f"{path}{shown}", []).append(message)
     text = "; ".join(f"{key}: {' or '.join(messages)}" for key, messages in problems.items())
     return ConfigError(f"invalid {where}: {text}", hint="fix the value(s) above (see recipes/ for working examples)")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as the error shows it: repr, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -6,6 +6,10 @@ silently reused stale builds when quantization or dtype changed.)
 Local entries live in `<root>/<key>/` with a marker `<root>/<key>.json` written last; an
 optional remote (`s3://…` or a folder) holds `<key>/…` files plus `<key>/lmi-stage.json`,
 written last the same way as an artifact's manifest.
+
+An entry is reused only when every file still has the sha256 recorded when it was stored
+(digests cached by file identity, so an untouched entry is not re-read): a cached model whose
+bytes were changed in place is discarded and the stage runs again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,12 +31,14 @@ from lmi_compile.sources.bundled import default_cache_root
 from lmi_runtime.artifact.folder import file_entries
 from lmi_runtime.artifact.manifest import FileEntry
 from lmi_runtime.artifact.transfer import pull, push
-from lmi_runtime.checksums import hash_files
+from lmi_runtime.checksums import HashCache, hash_files
 from lmi_runtime.errors import ArtifactError
+from lmi_runtime.safepath import safe_join
 from lmi_runtime.storage import open_storage, parse_uri
 
 TOOLS = ("torch", "transformers", "llmcompressor", "compressed-tensors", "safetensors", "tensorrt-llm", "optimum-neuron")
 MARKER = "lmi-stage.json"
+DIGESTS = "digests.json"  # HashCache of the entries' files
 
 
 class CacheEntry(BaseModel):
@@ -119,10 +126,24 @@ class StageCache:
         marker, path = self.root / f"{key}.json", self.root / key
         if not marker.is_file() or not path.is_dir():
             return None
-        entry = CacheEntry.model_validate_json(marker.read_bytes())
-        if any(not (path / e.path).is_file() or (path / e.path).stat().st_size != e.size for e in entry.files):
-            return None  # damaged entry: treat as a miss, the next put replaces it
+        try:
+            entry = CacheEntry.model_validate_json(marker.read_bytes())
+            files = [safe_join(path, e.path, ArtifactError, "cached file") for e in entry.files]
+        except (ValueError, ArtifactError):
+            return self._discard(key, "its marker is unreadable")
+        if any(not f.is_file() or f.stat().st_size != e.size for f, e in zip(files, entry.files)):
+            return self._discard(key, "a file is missing or has another size")
+        digests = hash_files(files, "checking cached stage", HashCache(self.root / DIGESTS))
+        if altered := [e.path for f, e in zip(files, entry.files) if digests[f] != e.sha256]:
+            return self._discard(key, f"{', '.join(altered)} changed since it was cached")
         return path
+
+    def _discard(self, key: str, why: str) -> None:
+        """A damaged entry is a miss: say so, remove it, and let the stage run again."""
+        warnings.warn(f"stage cache entry {key[:12]} is not used: {why}; the stage runs again", stacklevel=3)
+        (self.root / f"{key}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.root / key, ignore_errors=True)
+        return None
 
     def _staging(self, key: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)

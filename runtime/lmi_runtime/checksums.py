@@ -1,8 +1,12 @@
-"""sha256 of files, with a rich progress bar when there is enough data to wait for."""
+"""sha256 of files, with a rich progress bar when there is enough data to wait for, and a
+cache of digests keyed by each file's identity so that a restart does not rehash unchanged files."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,8 +42,52 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
         yield lambda n: progress.advance(task, n)
 
 
-def hash_files(paths: list[Path], label: str = "sha256") -> dict[Path, str]:
-    """sha256 of many files; hashlib releases the GIL, so a few threads use more than one core."""
-    with progress_bar(label, sum(p.stat().st_size for p in paths)) as advance:
-        with ThreadPoolExecutor(min(4, max(1, len(paths)))) as pool:
-            return dict(zip(paths, pool.map(lambda path: sha256_file(path, advance), paths)))
+def hash_files(paths: list[Path], label: str = "sha256", cache: "HashCache | None" = None) -> dict[Path, str]:
+    """sha256 of many files; hashlib releases the GIL, so a few threads use more than one core.
+    With a `cache`, files whose identity is unchanged since they were last hashed are not read."""
+    known = {p: cache.get(p) for p in paths} if cache is not None else {}
+    todo = [p for p in paths if known.get(p) is None]
+    with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance:
+        with ThreadPoolExecutor(min(4, max(1, len(todo)))) as pool:
+            fresh = dict(zip(todo, pool.map(lambda path: sha256_file(path, advance), todo)))
+    if cache is not None and fresh:
+        cache.update(fresh)
+    return {p: known.get(p) or fresh[p] for p in paths}
+
+
+class HashCache:
+    """Digests of local files keyed by (real path, size, mtime, ctime, inode), kept in one JSON
+    file. Any write to a file changes its mtime and ctime (ctime cannot be set back from user
+    space), so a cached digest is reused only for a file nobody touched since it was hashed."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            loaded = json.loads(path.read_text())
+            self._entries: dict[str, dict] = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            self._entries = {}
+
+    @staticmethod
+    def _identity(path: Path) -> tuple[str, list[int]]:
+        stat = os.stat(path)
+        return str(Path(path).resolve()), [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+    def get(self, path: Path) -> str | None:
+        key, identity = self._identity(path)
+        entry = self._entries.get(key)
+        return entry["sha256"] if isinstance(entry, dict) and entry.get("id") == identity else None
+
+    def update(self, digests: dict[Path, str]) -> None:
+        with self._lock:
+            for path, digest in digests.items():
+                key, identity = self._identity(path)
+                self._entries[key] = {"id": identity, "sha256": digest}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(self._entries))
+                os.replace(tmp, self.path)
+            except OSError:
+                pass  # a read-only cache only costs a rehash next time

@@ -2,22 +2,31 @@
 
 The server starts listening at once (/ping answers 503 while the model loads, as SageMaker
 expects) and loads the model in a background thread; a load failure stops the server with
-the error and exit code 2.
+the error and exit code 2. On SIGTERM (SageMaker's scale-in) or Ctrl-C it drains: no new
+requests (503), those in flight may finish for up to --drain-seconds, the rest then end with
+an error event that says so, and the process exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 from typing import Optional
 
 import typer
 
-from lmi_runtime.cli_support import stderr, user_errors
-from lmi_runtime.errors import LmiError
-from lmi_runtime.locate import resolve_location
-from lmi_runtime.serve_options import engine_config, tgi_compat
+from lmi_runtime.startup_log import configure_logging, quiet_environment
+
+quiet_environment()  # before anything imports tqdm (it reads TQDM_DISABLE at import time)
+
+from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors  # noqa: E402
+from lmi_runtime.errors import LmiError, debug_enabled  # noqa: E402
+from lmi_runtime.locate import resolve_location  # noqa: E402
+from lmi_runtime.serve_options import engine_config, tgi_compat  # noqa: E402
+
+log = logging.getLogger("lmi_runtime")
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -27,7 +36,7 @@ app = typer.Typer(add_completion=False, help=__doc__)
 def serve(
     artifact: Optional[str] = typer.Argument(None, help="Model folder or artifact; default /opt/ml/model or HF_MODEL_ID."),
     host: str = typer.Option("0.0.0.0", help="Address to listen on."),
-    port: int = typer.Option(8080, help="Port to listen on."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
     max_batch_size: Optional[int] = typer.Option(None, help="Running sequences at most (env MAX_BATCH_SIZE, default 256)."),
     max_concurrent_requests: Optional[int] = typer.Option(None, help="Waiting requests at most (env MAX_CONCURRENT_REQUESTS, default 1000)."),
     max_model_len: Optional[int] = typer.Option(None, help="Prompt + output tokens (env OPTION_MAX_MODEL_LEN)."),
@@ -40,15 +49,20 @@ def serve(
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
     strict_params: bool = typer.Option(False, "--strict-params", help="Refuse unknown fields on the OpenAI routes too (400)."),
+    skip_verify: bool = typer.Option(False, "--skip-verify", help="Load an artifact without checking its files' sha256 against the manifest (you accept tampered or corrupt weights)."),
+    drain_seconds: float = typer.Option(30.0, "--drain-seconds", min=0, max=3600, help="On SIGTERM, how long requests in flight may still run."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, max=600, help="Seconds a client may take to send its request headers (slow clients are dropped)."),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Serve a model: SageMaker /ping and /invocations (LMI schema), OpenAI /v1/*, /metrics."""
+    set_debug(debug)
+    configure_logging(log_level)
     import uvicorn
 
     from lmi_runtime.serve import load_into
     from lmi_runtime.server.app import create_app
     from lmi_runtime.server.common import ServerState
-
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from lmi_runtime.server.limits import uvicorn_limits
     options = {
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
@@ -56,18 +70,22 @@ def serve(
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening
     state = ServerState(strict_params=strict_params)
-    server = uvicorn.Server(uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level))
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level,
+                            **uvicorn_limits(header_timeout))
+    server = DrainingServer(config, state, drain_seconds)
     failure: list[LmiError] = []
 
     def load() -> None:
         try:  # an s3:// artifact downloads here, while /ping answers 503
+            log.info("loading %s", artifact or "the default model location")
             location = resolve_location(artifact)
             state.tgi_compat = tgi_compat(model_dir=location)
-            load_into(state, location, engine_config(options, model_dir=location))
+            load_into(state, location, engine_config(options, model_dir=location), verify=not skip_verify)
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
-            state.load_error = f"loading failed: {err}"
-            failure.append(err if isinstance(err, LmiError) else LmiError(f"loading {artifact or 'the model'} failed: {err}"))
-            logging.getLogger("lmi_runtime").exception("loading failed")
+            error = as_user_error(err)
+            state.load_error = f"loading failed: {error.message}"
+            failure.append(error)
+            log.error("loading failed: %s", error.message, exc_info=debug_enabled())
             server.should_exit = True
 
     threading.Thread(target=load, name="lmi-load", daemon=True).start()
@@ -76,6 +94,53 @@ def serve(
         state.engine.shutdown()
     if failure:
         raise failure[0]
+
+
+class DrainingServer:
+    """uvicorn's Server whose exit signal drains the engine first (see the module docstring).
+
+    uvicorn re-raises a captured SIGTERM after its shutdown, which would end the process with
+    -15; the no-op handler installed around `run` absorbs it, so a drained server exits 0."""
+
+    def __init__(self, config, state, drain_seconds: float):
+        import uvicorn
+
+        self.state, self.drain_seconds = state, drain_seconds
+        self.server = uvicorn.Server(config)
+        self.server.handle_exit = self._handle_exit  # type: ignore[method-assign]
+        self._draining = False
+
+    @property
+    def should_exit(self) -> bool:
+        return self.server.should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self.server.should_exit = value
+
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.server.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle_exit(self, sig: int, frame) -> None:
+        engine = self.state.engine
+        if self._draining or engine is None:  # a second signal, or nothing loaded: stop now
+            self.server.should_exit = True
+            return
+        self._draining = True
+        log.info("received %s: draining (up to %g s for requests in flight)", signal.Signals(sig).name, self.drain_seconds)
+        threading.Thread(target=self._drain, args=(engine,), name="lmi-drain", daemon=True).start()
+
+    def _drain(self, engine) -> None:
+        failed = engine.drain(self.drain_seconds)
+        if failed:
+            log.warning("drain deadline reached: %d request(s) ended with an error event", failed)
+        threading.Event().wait(0.5)  # let the handlers write those final events
+        self.server.should_exit = True
 
 
 def main() -> None:

@@ -6,6 +6,15 @@ root) or an `s3://` artifact, downloaded through the storage layer (rank 0's fil
 shared ones, each checked against the manifest) into `LMI_SERVE_CACHE` (default
 ~/.cache/lmi-serve). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
 serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
+
+Verify before load, always: a local artifact is checked like a downloaded one. Presence,
+sizes and files outside the manifest are checked at once; the sha256 of config, tokenizer and
+every other small file before anything reads them; the weights' sha256 in a background thread
+while the backend reads them (`ModelFiles.wait_verified` joins it before the server turns
+ready). Digests are cached by file identity in LMI_SERVE_CACHE/verified-digests.json, so a
+restart rehashes nothing unchanged. Files outside the manifest are refused, not ignored: the
+loader reads a folder by name (any config, tokenizer, template or `*.py` there can change
+what is served), so an unlisted file is as dangerous as an altered one.
 """
 
 from __future__ import annotations
@@ -13,17 +22,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from lmi_runtime.artifact.folder import read_manifest
+from lmi_runtime.artifact.folder import read_manifest, verify_folder
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
 from lmi_runtime.artifact.toolchain import check_here
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
+from lmi_runtime.checksums import HashCache
 from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.hardware import probe
+from lmi_runtime.modelfolder import TOKENIZER_FILES, read_config_file
+from lmi_runtime.safepath import safe_join
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 SERVABLE_TARGETS = {"torch"}
@@ -34,6 +47,12 @@ class ModelFiles:
     root: Path  # config.json and tokenizer files
     weights: list[Path]  # safetensors files
     manifest: Manifest | None = None
+    verification: Future | None = None  # the weights' sha256 check, running while they load
+
+    def wait_verified(self) -> None:
+        """Block until the background sha256 check of the weights is done; raise what it found."""
+        if self.verification is not None:
+            self.verification.result()
 
     @contextmanager
     def hf_folder(self) -> Iterator[Path]:
@@ -100,26 +119,48 @@ def _download(uri: str, env: dict[str, str]) -> Path:
     from lmi_runtime.artifact.download import download_artifact
     from lmi_runtime.storage.s3 import S3Options
 
-    root = Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
-    dest = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    dest = serve_cache_root(env) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
     return dest
 
 
-def inspect_folder(path: Path) -> ModelFiles:
-    """Find config, tokenizer and weights; check an artifact's manifest against this runtime."""
+def serve_cache_root(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    return Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
+
+
+def inspect_folder(path: Path, verify: bool = True) -> ModelFiles:
+    """Find config, tokenizer and weights; check an artifact's manifest against this runtime
+    and its files against the manifest (sha256 skipped with `verify=False`)."""
     path = path.resolve()
-    if (path / MANIFEST_NAME).is_file():
-        return _artifact_files(path)
-    return ModelFiles(path, _safetensors_in(path))
+    if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
+        files = _artifact_files(path, verify)
+    else:
+        files = ModelFiles(path, _safetensors_in(path))
+        _refuse_links_out(path, files)
+    if (files.root / "config.json").is_file():  # sizes in bounds before the loader allocates anything
+        read_config_file(files.root / "config.json", str(path))
+    return files
 
 
-def _artifact_files(root: Path) -> ModelFiles:
+def _refuse_links_out(root: Path, files: ModelFiles) -> None:
+    """A plain model folder has no manifest to check, but nothing it makes us read may be a
+    symlink to a file outside it."""
+    names = ["config.json", *TOKENIZER_FILES, "tokenizer_config.json", "generation_config.json"]
+    for name in names:
+        if (root / name).exists() or (root / name).is_symlink():
+            safe_join(root, name, ModelFolderError, "model file")
+    for weight in files.weights:
+        safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
+
+
+def _artifact_files(root: Path, verify: bool = True) -> ModelFiles:
     manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
     target = manifest.target
     if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout and toolchain check
         check_here(target, manifest.quantization.method)
-        _check_sizes(root, manifest)
+        cache = HashCache(serve_cache_root() / "verified-digests.json")
+        verify_folder(root, manifest, manifest.group_for_rank(0), cache=cache, hash_digests=verify)
         return ModelFiles(root, [], manifest)
     if target.backend not in SERVABLE_TARGETS:
         raise ArtifactError(
@@ -134,21 +175,23 @@ def _artifact_files(root: Path) -> ModelFiles:
             "the torch backend of lmi-serve runs one rank",
             hint="compile with tensor_parallel_degree 1 for this runtime",
         )
-    _check_sizes(root, manifest)
-    weights = sorted(root / e.path for e in manifest.group_for_rank(0) if e.path.endswith(".safetensors"))
+    entries = manifest.group_for_rank(0)
+    weight_entries = [e for e in entries if e.path.endswith(".safetensors")]
+    small = [e for e in entries if not e.path.endswith(".safetensors")]
+    cache = HashCache(serve_cache_root() / "verified-digests.json")
+    # Presence, sizes and extras of everything, plus the sha256 of what is read before the
+    # weights (config, tokenizer, ...): now. The weights' sha256: while they load.
+    verify_folder(root, manifest, small, cache=cache, hash_digests=verify)
+    verify_folder(root, manifest, weight_entries, hash_digests=False)
+    weights = sorted(root / e.path for e in weight_entries)
     if not weights:
-        weights = _safetensors_in(root / "rank0" if (root / "rank0").is_dir() else root)
-    return ModelFiles(root, weights, manifest)
-
-
-def _check_sizes(root: Path, manifest: Manifest) -> None:
-    for entry in manifest.group_for_rank(0):
-        file = root / entry.path
-        if not file.is_file() or file.stat().st_size != entry.size:
-            raise ArtifactError(
-                f"artifact file '{entry.path}' is missing or has the wrong size",
-                hint="download the artifact again; it is incomplete",
-            )
+        raise ArtifactError(f"the manifest of {root} lists no safetensors weights for rank 0", hint="rebuild the artifact")
+    files = ModelFiles(root, weights, manifest)
+    if verify:
+        pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")
+        files.verification = pool.submit(verify_folder, root, manifest, weight_entries, cache=cache)
+        pool.shutdown(wait=False)
+    return files
 
 
 def _check_hardware(wanted: dict) -> None:

@@ -18,11 +18,13 @@ from lmi_runtime.server.common import ServerState
 log = logging.getLogger("lmi_runtime.serve")
 
 
-def load_into(state: ServerState, location: Path, config: EngineConfig) -> AsyncEngine:
-    """Load the model at `location` and make `state` serve it; returns the started engine."""
+def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True) -> AsyncEngine:
+    """Load the model at `location` and make `state` serve it; returns the started engine.
+    An artifact's files are checked against its manifest, the weights while they load."""
     started = time.perf_counter()
-    files = inspect_folder(location)
+    files = inspect_folder(location, verify)
     backend = load_vendor_backend(files, config) if is_vendor(files) else load_backend(files, config)
+    files.wait_verified()  # never ready (/ping 200) on weights that do not match the manifest
     engine = start_engine(state, backend, config)
     log.info(
         "loaded %s in %.1f s (%s); max batch %d, queue %d, max_model_len %d",

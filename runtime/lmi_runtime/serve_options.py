@@ -2,17 +2,21 @@
 
 Precedence, highest first: a CLI option; the environment (MAX_BATCH_SIZE, MAX_CONCURRENT_REQUESTS,
 OPTION_*, HF_MODEL_TRUST_REMOTE_CODE, …); the serving.properties packaged with the model (the
-artifact ships one written by lmi-compile); defaults. Everything below the CLI comes from
-`load_serving_config`, so lmi-serve and lmi-compile read the LMI names the same way.
+artifact ships one written by lmi-compile); defaults. CLI options become settings keyed like
+serving.properties and go through `load_serving_config` with the rest, so a flag, a variable
+and a file line are validated by one code path and refused with the same message
+(`--max-batch-size 64 --max-concurrent-requests 8` as MAX_BATCH_SIZE=64 MAX_CONCURRENT_REQUESTS=8).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lmi_runtime.config import ServingConfig, load_serving_config
+from lmi_runtime.config import ServingConfig, Setting, load_serving_config
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError
 
@@ -27,12 +31,20 @@ OPTION_FIELDS: dict[str, type] = {
 }
 
 
+# EngineConfig field → the serving.properties key a CLI option sets (the rest: option.<field>).
+CLI_KEYS = {"max_batch_size": "option.max_rolling_batch_size", "max_queue": "job_queue_size"}
+CLI_FLAGS = {"max_queue": "--max-concurrent-requests"}  # EngineConfig field → its lmi-serve flag
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
                   model_dir: Path | None = None) -> EngineConfig:
     properties = model_dir / "serving.properties" if model_dir is not None else None
-    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
+    config = load_serving_config(env, properties if properties is not None and properties.is_file() else None,
+                                 overrides=cli_settings(cli))
     values = _from_serving_config(config)
-    values.update({name: value for name, value in cli.items() if value is not None})
+    if model_dir is not None and values.get("max_model_len"):
+        _check_model_len(values["max_model_len"], model_dir)
     return EngineConfig(**values)
 
 
@@ -41,6 +53,28 @@ def tgi_compat(env: Mapping[str, str] | None = None, model_dir: Path | None = No
     properties = model_dir / "serving.properties" if model_dir is not None else None
     config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
     return config.options.get("tgi_compat", "false").strip().lower() == "true"
+def _check_model_len(wanted: int, model_dir: Path) -> None:
+    """max_model_len (flag, OPTION_MAX_MODEL_LEN or option.n_positions) within what the model was trained for."""
+    from lmi_runtime.modelfolder import read_config_file
+
+    config_file = model_dir / "config.json"
+    limit = read_config_file(config_file, str(model_dir)).get("max_position_embeddings") if config_file.is_file() else None
+    if isinstance(limit, int) and wanted > limit:
+        raise ConfigError(f"max_model_len {wanted} (--max-model-len, OPTION_MAX_MODEL_LEN or option.n_positions) exceeds "
+                          f"the model's max_position_embeddings {limit}",
+                          hint=f"set it to at most {limit}, or leave it unset")
+
+
+def cli_settings(cli: Mapping[str, Any]) -> dict[str, Setting]:
+    """Command-line options as settings, so they pass the same validation as the environment."""
+    settings = {}
+    for name, value in cli.items():
+        if value is None:
+            continue
+        key = CLI_KEYS.get(name, f"option.{name}")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        settings[key] = Setting(key, text, "command-line option", CLI_FLAGS.get(name, f"--{name.replace('_', '-')}"))
+    return settings
 
 
 def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
@@ -63,4 +97,23 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
         except ValueError as err:
             raise ConfigError(f"option.{name}={raw!r} is not a valid {kind.__name__}",
                               hint=f"set OPTION_{name.upper()} to a {kind.__name__}") from err
+        if kind is float and not (math.isfinite(values[name]) and values[name] > 0):
+            raise ConfigError(f"option.{name}={raw!r} must be a finite number above 0",
+                              hint=f"set --{name.replace('_', '-')} / OPTION_{name.upper()} to e.g. 2")
+    _check_device(values.get("device", "auto"))
     return values
+
+
+def _check_device(device: str) -> None:
+    """`cpu`, `cuda`, `cuda:N` (that exists here) or `auto`, refused before the server listens."""
+    if not _DEVICE.match(device):
+        raise ConfigError(f"--device / OPTION_DEVICE = {device!r} is not a device", hint="use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            have = f"{count} CUDA device(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA device"
+            raise ConfigError(f"--device {device} was asked for, but this machine has {have}",
+                              hint="use --device auto (or cpu), or a cuda index that exists")

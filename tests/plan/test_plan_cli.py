@@ -25,7 +25,7 @@ LMI_NAMES = ("HF_", "OPTION_", "TENSOR_PARALLEL_DEGREE", "MAX_BATCH_SIZE", "MAX_
 
 @pytest.fixture()
 def run_plan(cli_env, python, tmp_path):
-    clean = {k: v for k, v in cli_env.items() if not k.startswith(LMI_NAMES)}
+    clean = {k: v for k, v in cli_env.items() if not k.startswith(LMI_NAMES) or k == "HF_HOME"}  # keep the test cache
     clean["HF_HUB_OFFLINE"] = "1"  # no test touches the network
 
     def run(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ def write_model(folder: Path, shards: int = 1, config: dict | None = None, token
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config or {"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
     if tokenizer:
-        (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}))
+        (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}))
     rng = np.random.default_rng(0)
     tensors = {f"model.layers.{i}.weight": rng.standard_normal((64, 64), dtype=np.float32) for i in range(4)}
     if shards == 1:

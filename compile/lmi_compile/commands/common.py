@@ -9,11 +9,14 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich.markup import escape
+
 from lmi_compile.recipe import Recipe
 from lmi_compile.recipe_loader import load_recipe, recipe_from_serving_config
 from lmi_runtime.cli_support import stderr
 from lmi_runtime.config import load_serving_config
 from lmi_runtime.errors import ConfigError
+from lmi_runtime.redact import redact
 
 
 @contextlib.contextmanager
@@ -25,7 +28,7 @@ def printed_warnings() -> Iterator[None]:
             yield
         finally:
             for item in caught:
-                stderr.print(f"[yellow]warning:[/] {item.message}", highlight=False)
+                stderr.print(f"[yellow]warning:[/] {escape(redact(str(item.message)))}", highlight=False)
 
 
 def recipe_and_token(recipe: Path | None, properties: Path | None) -> tuple[Recipe, str | None]:

@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
             None, "--max-ppl-increase", help="Fail if perplexity rises by more than this fraction (0.05 = +5%)."
         ),
         device: str = typer.Option("cpu", help="cpu or cuda."),
+        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle .bin weights when no safetensors exist (they can run code)."),
     ) -> None:
         """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
         with printed_warnings():
@@ -86,7 +87,9 @@ def register(app: typer.Typer) -> None:
                 "quality.max_ppl_increase": max_ppl_increase,
             })
         from lmi_compile.quantize import REPORT_NAME, quantize
+        from lmi_runtime.modelfolder import validate_model_folder
 
+        validate_model_folder(model_dir, allow_pickle=allow_pickle)  # the same rules as fetch: no pickle unless allowed
         result = quantize(model_dir, spec, out, device=device)
         _print_summary(result.report, result.model_dir / REPORT_NAME)
 

@@ -91,9 +91,11 @@ def _download(spec: SourceSpec, location: Location | None, staging: Path, s3_opt
 
 
 def _copy_selected(src: Path, staging: Path, spec: SourceSpec, link: bool) -> None:
-    """Copy the files the selection rules keep; `link` hard-links our own read-only cache."""
+    """Copy the files the selection rules keep; `link` hard-links our own read-only cache.
+    A symlink that leads out of `src` is refused: its target is not part of the model."""
     names = sorted(p.name for p in src.iterdir() if p.is_file())
     for name in select_model_files(names, spec.uri, spec.allow_pickle, spec.trust_remote_code):
+        safe_join(src, name, ModelFolderError, "model file")
         target = staging / name
         target.unlink(missing_ok=True)
         try:

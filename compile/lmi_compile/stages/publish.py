@@ -36,11 +36,23 @@ def publish(artifact_dir: Path, dest: str, s3_options=None) -> ArtifactRef:
     manifest = read_manifest(artifact_dir)
     verify_folder(artifact_dir, manifest)
     location = parse_uri(dest)
-    if location.kind == "local" and location.path.resolve() == artifact_dir.resolve():
-        raise ConfigError(f"the destination {dest} is the artifact folder itself", hint="publish to another folder or an s3:// prefix")
+    _refuse_overlap(artifact_dir, location.path if location.kind == "local" else None, dest)
     data = (artifact_dir / MANIFEST_NAME).read_bytes()
     report = push(artifact_dir, manifest.all_files(), open_storage(location, s3_options), MANIFEST_NAME, data)
     return ArtifactRef(
         uri=location.uri, manifest_sha256=digest_of(data), sent=report.sent.keys, skipped=report.skipped,
         bytes_sent=report.sent.bytes, seconds=report.sent.seconds, tool=report.sent.tool,
     )  # fmt: skip
+
+
+def _refuse_overlap(source: Path, dest: Path | None, shown: str) -> None:
+    """Publishing into the artifact itself (or a folder holding it) would nest it in itself."""
+    if dest is None:
+        return
+    src, out = source.resolve(), dest.resolve()
+    if out == src:
+        raise ConfigError(f"the destination {shown} is the artifact folder itself", hint="publish to another folder or an s3:// prefix")
+    if out.is_relative_to(src) or src.is_relative_to(out):
+        where = "inside the artifact folder" if out.is_relative_to(src) else "a folder that holds the artifact"
+        raise ConfigError(f"the destination {shown} is {where} {source}",
+                          hint="publish to a folder outside the artifact (or an s3:// prefix); the two must not overlap")

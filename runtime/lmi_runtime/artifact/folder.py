@@ -8,20 +8,22 @@ when one is read, because a manifest may come from a bucket someone else can wri
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from lmi_runtime.artifact.manifest import MANIFEST_NAME, SHARED_GROUP, FileEntry, Manifest
-from lmi_runtime.checksums import hash_files
+from lmi_runtime.artifact.manifest import MANIFEST_NAME, READABLE_FORMAT_VERSIONS, SHARED_GROUP, FileEntry, Manifest
+from lmi_runtime.checksums import HashCache, hash_files
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.safepath import check_relpath, safe_join
 from lmi_runtime.storage.local import TMP_PREFIX, atomic_write
 
 _RANK_DIR = re.compile(r"^rank(\d+)$")
 _GROUP = re.compile(r"^(shared|rank\d+)$")
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def group_of(path: str) -> str:
@@ -77,6 +79,7 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
 
 
 def parse_manifest(data: bytes, origin: str) -> Manifest:
+    check_format_version(data, origin)
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError as err:
@@ -87,10 +90,29 @@ def parse_manifest(data: bytes, origin: str) -> Manifest:
     return manifest
 
 
+def check_format_version(data: bytes, origin: str) -> None:
+    """Refuse a manifest whose `format_version` is missing, not an integer (`"1"`, `1.0`, `true`)
+    or one this build does not read: its fields may mean something else."""
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):
+        raise ArtifactError(f"{origin} is not valid JSON", hint="re-publish the artifact") from None
+    version = raw.get("format_version", "missing") if isinstance(raw, dict) else "missing"
+    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
+        readable = ", ".join(str(v) for v in sorted(READABLE_FORMAT_VERSIONS))
+        raise ArtifactError(
+            f"{origin} has format_version {version if version == 'missing' else json.dumps(version)}; "
+            f"this build reads format_version {readable}",
+            hint="rebuild the artifact with this version of lmi-compile, or serve it with the lmi-serve version that wrote it",
+        )
+
+
 def read_manifest(root: Path) -> Manifest:
-    path = root / MANIFEST_NAME
+    path = safe_join(root, MANIFEST_NAME, ArtifactError, "manifest")  # no symlink out of the artifact
     if not path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST_NAME}", hint="is this an artifact folder? A compile stage writes the manifest last")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is {path.stat().st_size} bytes, more than a manifest can be ({MAX_MANIFEST_BYTES})", hint="re-publish the artifact")
     return parse_manifest(path.read_bytes(), str(path))
 
 
@@ -113,8 +135,10 @@ def check_manifest_paths(manifest: Manifest) -> None:
             seen.add(entry.path)
 
 
-def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | None = None, allow_extra: bool = False) -> None:
-    """Raise ArtifactError listing every missing, resized, altered or (unless allowed) extra file."""
+def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | None = None, allow_extra: bool = False,
+                  cache: HashCache | None = None, hash_digests: bool = True) -> None:
+    """Raise ArtifactError listing every missing, resized, altered or (unless allowed) extra file.
+    `hash_digests=False` checks presence, sizes and extras only (lmi-serve --skip-verify)."""
     entries = manifest.all_files() if entries is None else entries
     present = set(scan_files(root))
     missing = [e.path for e in entries if e.path not in present]
@@ -126,8 +150,8 @@ def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | Non
                 resized.append(f"{entry.path} ({size} bytes, manifest says {entry.size})")
             else:
                 candidates.append(entry)
-    digests = hash_files([root / e.path for e in candidates], "verifying")
-    altered = [e.path for e in candidates if digests[root / e.path] != e.sha256]
+    digests = hash_files([root / e.path for e in candidates], "verifying", cache) if hash_digests else {}
+    altered = [e.path for e in candidates if hash_digests and digests[root / e.path] != e.sha256]
     extra = [] if allow_extra else sorted(present - {e.path for e in manifest.all_files()})
     problems = [(missing, "missing"), (resized, "wrong size"), (altered, "sha256 mismatch"), (extra, "not in the manifest")]
     found = [f"{what}: {', '.join(paths)}" for paths, what in problems if paths]

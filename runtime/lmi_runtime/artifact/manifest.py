@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 MANIFEST_NAME = "lmi-artifact.json"
 FORMAT_VERSION = 1
+READABLE_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})  # what this build's readers understand
 SHARED_GROUP = "shared"
 
 

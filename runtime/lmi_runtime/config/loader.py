@@ -27,13 +27,15 @@ PRECEDENCE_DOC = (
 
 
 def load_serving_config(
-    env: Mapping[str, str] | None = None, properties: Path | str | None = None
+    env: Mapping[str, str] | None = None, properties: Path | str | None = None,
+    overrides: Mapping[str, Setting] | None = None,
 ) -> ServingConfig:
     """The deployment's configuration.
 
     Precedence, highest first: environment variables, then serving.properties, then defaults
     (see `PRECEDENCE_DOC`, which the README quotes). `env` defaults to `os.environ`;
-    `properties` is a serving.properties file or a folder holding one (optional).
+    `properties` is a serving.properties file or a folder holding one (optional); `overrides`
+    (command-line options, keyed like the file) win over both and are validated the same way.
     """
     env = os.environ if env is None else env
     from_file = read_properties(Path(properties)) if properties is not None else {}
@@ -42,7 +44,7 @@ def load_serving_config(
         in_file = from_file.get(key)
         if in_file is not None and in_file.value.strip() != setting.value.strip():
             warn(f"{setting.describe()} overrides {in_file.describe()}: the environment wins over the file")
-    return build_config({**from_file, **from_env})
+    return build_config({**from_file, **from_env, **(overrides or {})})
 
 
 def build_config(settings: Mapping[str, Setting]) -> ServingConfig:

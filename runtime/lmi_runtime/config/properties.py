@@ -18,10 +18,13 @@ def read_properties(path: Path) -> dict[str, Setting]:
     if path.is_dir():
         path = path / "serving.properties"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}",
                           hint="pass the path of a serving.properties file (or the folder holding one)") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})",
+                          hint="save serving.properties as UTF-8 (or ASCII) text") from None
     settings: dict[str, Setting] = {}
     for number, line in _logical_lines(text):
         key, value = _split(line, path, number)

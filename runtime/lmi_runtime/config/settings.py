@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SHOWN_CHARS = 40
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -16,4 +18,6 @@ class Setting:
 
     def describe(self) -> str:
         shown = "****" if self.secret else repr(self.value)
+        if len(shown) > SHOWN_CHARS:  # a long value is not echoed in full (it may be a pasted secret)
+            shown = f"{shown[:SHOWN_CHARS]}… ({len(self.value)} characters)"
         return f"{self.name}={shown} ({self.origin})"

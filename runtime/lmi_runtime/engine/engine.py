@@ -363,6 +363,7 @@ class AsyncEngine:
         self.engine = engine
         self._cv = threading.Condition()
         self._stopping = False
+        self.draining = False  # set by drain(): new requests get a 503
         self.outbox: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = []
         self._thread = threading.Thread(target=self._run, name="lmi-engine", daemon=True)
 
@@ -373,6 +374,9 @@ class AsyncEngine:
     def submit(self, prompt_ids: list[int], params: SamplingParams, samples: int = 1) -> list[RequestStream]:
         """Enqueue `samples` samples of one prompt now, all or none (raises RequestRejected);
         iterate each stream for its events. Sample i of a seeded request uses seed + i."""
+        if self.draining:
+            raise RequestRejected("the server is shutting down and takes no new requests", status=503,
+                                  hint="retry on another instance")
         streams: list[RequestStream] = []
         try:
             for i in range(samples):
@@ -389,13 +393,31 @@ class AsyncEngine:
         with self._cv:
             self._cv.notify()
 
+    def drain(self, timeout: float) -> int:
+        """Graceful stop (SIGTERM): admit nothing new, let the requests in flight finish for up to
+        `timeout` seconds, then fail the rest with a final error event saying so. Returns how
+        many requests were failed; the engine thread is stopped afterwards."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self.engine.has_work() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = len(self.engine._active)
+        self._stop_thread()
+        self.engine.fail_all(f"the server is shutting down: the request did not finish within the {timeout:g} s drain deadline")
+        self._deliver()
+        return left
+
     def shutdown(self) -> None:
+        self._stop_thread()
+        self.engine.fail_all("the server is shutting down")
+        self._deliver()
+
+    def _stop_thread(self) -> None:
         with self._cv:
             self._stopping = True
             self._cv.notify()
-        self._thread.join(timeout=30)
-        self.engine.fail_all("the server is shutting down")
-        self._deliver()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
 
     def _deliver(self) -> None:
         """Hand the events of the last step to their event loops, one call per loop."""

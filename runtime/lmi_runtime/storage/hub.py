@@ -5,6 +5,7 @@ huggingface_hub and nowhere else (default: HF_TOKEN / the saved login)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,8 @@ def hub_download(
     with _hub_errors(source):
         if constants.HF_HUB_OFFLINE and list_files is None:
             return _from_cache(repo_id, dest, revision, source, allow_pickle, trust_remote_code)
+        if list_files is None and not hub_reachable():
+            raise offline_error(source)
         files = (list_files or (lambda: HfApi(token=token).list_repo_files(repo_id, revision=revision)))()
         selected = select_model_files(files, source, allow_pickle, trust_remote_code)
         snapshot_download(repo_id, revision=revision, token=token, local_dir=dest, allow_patterns=selected)
@@ -75,3 +78,32 @@ def _hub_errors(source: str) -> Iterator[None]:
         if isinstance(err, OSError):
             raise StorageError(f"downloading {source} from the Hugging Face hub failed: {type(err).__name__}", hint="check the network; re-run to resume") from None
         raise
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick look (DNS + TCP connect to the hub endpoint) before huggingface_hub's
+    retries, which take 20-40 s to give up when the machine is offline."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HTTP_PROXY"):
+        return True  # through a proxy the hub host need not resolve here: let the client try
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def offline_error(source: str) -> StorageError:
+    from huggingface_hub import constants
+
+    return StorageError(
+        f"cannot reach the Hugging Face hub ({constants.ENDPOINT}) to get {source}: this machine looks offline",
+        hint="check the network (or HTTPS_PROXY); to use models already in the local cache set HF_HUB_OFFLINE=1; "
+        "or give a local folder / s3:// source",
+    )
