@@ -42,9 +42,9 @@ def check(name: str, ok: bool, detail: str = "") -> None:
 
 
 def kernel_checks() -> None:
-    from test_paged_attention import CASES, dense_reference, make_case
+    from test_paged_attention import CASES, dense_reference, make_case, punch
 
-    from lmi_runtime.kernels.paged_attention import _triton_paged_attention
+    from lmi_runtime.kernels.paged_attention import NewKV, _triton_paged_attention
 
     tolerances = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
     cases = dict(CASES) | {"long 7B-like": ([1, 1, 200, 1], [1000, 3000, 600, 77])}
@@ -53,11 +53,16 @@ def kernel_checks() -> None:
             for heads, kv_heads, dim in ((4, 2, 16), (6, 2, 64), (32, 32, 128), (32, 8, 128)):
                 q, k, v, batch = make_case(q_lens, ctx_lens, heads=heads, kv_heads=kv_heads, dim=dim)
                 want = dense_reference(q, k, v, batch)
-                moved = [t.cuda().to(dtype) for t in (q, k, v)]
+                k_holed, v_holed, new = punch(k, v, batch)
+                moved = [t.cuda().to(dtype) for t in (q, k_holed, v_holed)]
+                new = NewKV(new.k.cuda().to(dtype), new.v.cuda().to(dtype), new.slots.cuda())
                 on_gpu = type(batch)(*[x.cuda() if isinstance(x, torch.Tensor) else x for x in vars(batch).values()])
-                got = _triton_paged_attention(*moved, on_gpu, 4).float().cpu()
-                err = (got - want).abs().max().item()
-                check(f"kernel {name} {dtype} H{heads}/KV{kv_heads}/D{dim}", err <= tol * 10, f"max err {err:.2e}")
+                for splits in (None, 1):  # as chosen for this GPU, and unsplit
+                    got = _triton_paged_attention(*moved, new, on_gpu, 4, splits=splits).float().cpu()
+                    err = (got - want).abs().max().item()
+                    written = torch.equal(moved[1].float().cpu(), k.to(dtype).float())
+                    check(f"kernel {name} {dtype} H{heads}/KV{kv_heads}/D{dim} splits={splits or 'auto'}",
+                          err <= tol * 10 and written, f"max err {err:.2e}, cache written {written}")
 
 
 def tiny_llama_folder(out: Path, tokenizer_dir: Path) -> Path:

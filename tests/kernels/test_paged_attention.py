@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile, torch_paged_attention
+from lmi_runtime.kernels.paged_attention import AttnBatch, NewKV, paged_attention, plan_tiles, tokens_per_tile
 
 BLOCK = 4
 
@@ -44,6 +44,20 @@ def make_case(q_lens, ctx_lens, heads=4, kv_heads=2, dim=16, dtype=torch.float32
     return q, k_cache, v_cache, batch
 
 
+def punch(k_cache, v_cache, batch: AttnBatch):
+    """Take this step's keys/values out of the caches (zeroed there) as the NewKV to write back."""
+    slots = []
+    for i in range(batch.block_tables.shape[0]):
+        ctx, n = int(batch.ctx_lens[i]), int(batch.q_lens[i])
+        slots += [int(batch.block_tables[i, p // BLOCK]) * BLOCK + p % BLOCK for p in range(ctx - n, ctx)]
+    slots = torch.tensor(slots)
+    new = NewKV(k_cache[slots].clone(), v_cache[slots].clone(), slots)
+    k_holed, v_holed = k_cache.clone(), v_cache.clone()
+    k_holed[slots] = 0
+    v_holed[slots] = 0
+    return k_holed, v_holed, new
+
+
 def dense_reference(q, k_cache, v_cache, batch: AttnBatch):
     """Each sequence alone: its keys in order, plain causal attention."""
     outs = []
@@ -67,21 +81,26 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_torch_twin_matches_dense_attention(name):
+def test_torch_twin_writes_the_new_keys_then_matches_dense_attention(name):
     q, k, v, batch = make_case(*CASES[name])
-    torch.testing.assert_close(torch_paged_attention(q, k, v, batch, BLOCK), dense_reference(q, k, v, batch))
+    k_holed, v_holed, new = punch(k, v, batch)
+    torch.testing.assert_close(paged_attention(q, k_holed, v_holed, new, batch, BLOCK), dense_reference(q, k, v, batch))
+    torch.testing.assert_close((k_holed, v_holed), (k, v))
 
 
 INTERPRETED = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from test_paged_attention import CASES, BLOCK, make_case, dense_reference
+from test_paged_attention import CASES, BLOCK, make_case, dense_reference, punch
 from lmi_runtime.kernels.paged_attention import _triton_paged_attention
 for name, (q_lens, ctx_lens) in CASES.items():
     for heads, kv_heads in ((4, 2), (4, 4), (6, 2)):
-        q, k, v, batch = make_case(q_lens, ctx_lens, heads=heads, kv_heads=kv_heads)
-        torch.testing.assert_close(_triton_paged_attention(q, k, v, batch, BLOCK), dense_reference(q, k, v, batch),
-                                   atol=1e-5, rtol=1e-5)
+        for splits in (1, 3):
+            q, k, v, batch = make_case(q_lens, ctx_lens, heads=heads, kv_heads=kv_heads)
+            k_holed, v_holed, new = punch(k, v, batch)
+            got = _triton_paged_attention(q, k_holed, v_holed, new, batch, BLOCK, splits=splits)
+            torch.testing.assert_close(got, dense_reference(q, k, v, batch), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close((k_holed, v_holed), (k, v))
 print("ok")
 """
 

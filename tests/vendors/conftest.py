@@ -47,11 +47,3 @@ def vendor_python():
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
     return run
-
-
-def flags(argv: list[str]) -> list[str]:
-    return [a for a in argv if a.startswith("-")]
-
-
-def value(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import flags, value
+from vendor_argv import flags, value
 from lmi_compile.targets import neuron
 from lmi_runtime.backends.neuron_backend import sampling_row, writable_cache
 from lmi_runtime.engine.request import SamplingParams

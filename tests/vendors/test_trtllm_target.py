@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import flags, value
+from vendor_argv import flags, value
 from lmi_compile.targets import trtllm
 from lmi_runtime.backends.trtllm_backend import sampling_kwargs
 from lmi_runtime.engine.request import SamplingParams

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmi_runtime.errors import ModelFolderError
-from lmi_runtime.kernels.paged_attention import AttnBatch, paged_attention
+from lmi_runtime.kernels.paged_attention import AttnBatch, NewKV, paged_attention
 
 LLAMA_KIN = {"llama", "mistral", "qwen2"}
 ROPE_TYPES = {"default", "linear", "llama3"}
@@ -126,7 +126,7 @@ def attention_inputs(x, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: i
     q, k, v = qkv.split([num_heads * dim, num_kv_heads * dim, num_kv_heads * dim], dim=-1)
     q = apply_rope(q.view(-1, num_heads, dim), cos, sin)
     k = apply_rope(k.view(-1, num_kv_heads, dim), cos, sin)
-    return q, k, v.reshape(-1, num_kv_heads, dim)
+    return q, k, v.view(-1, num_kv_heads, dim)
 
 
 def attention_output_and_mlp(x, attn, o_w, o_b, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
@@ -250,10 +250,8 @@ class LlamaForCausalLM(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             q, k, v = self.pre(x, layer.input_layernorm.weight, a.rms_norm_eps, attn.qkv_proj.weight,
                                attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
-            k_cache, v_cache = kv_cache[i, 0], kv_cache[i, 1]
-            k_cache.index_copy_(0, step.write_slots, k)
-            v_cache.index_copy_(0, step.write_slots, v)
-            out = paged_attention(q, k_cache, v_cache, step.attn, block_size)
+            new = NewKV(k, v, step.write_slots)
+            out = paged_attention(q, kv_cache[i, 0], kv_cache[i, 1], new, step.attn, block_size)
             x = self.post(x, out, attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
                           a.rms_norm_eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
                           mlp.down_proj.bias)

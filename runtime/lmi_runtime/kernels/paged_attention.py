@@ -19,6 +19,7 @@ and the reference the kernel is tested against.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -67,12 +68,24 @@ def plan_tiles(q_lens: list[int], block_q: int) -> tuple[list[int], list[int]]:
     return seqs, starts
 
 
+@dataclass
+class NewKV:
+    """This step's keys/values ([N, KVH, D], packed like q) and the cache slot of each token."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    slots: torch.Tensor  # [N] int64
+
+
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: AttnBatch, block_size: int
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, new: NewKV, batch: AttnBatch, block_size: int
 ) -> torch.Tensor:
-    """q: [N, H, D] packed new tokens; caches: [slots, KVH, D]; returns [N, H, D]."""
+    """Write this step's keys/values into the cache, then attend. q: [N, H, D] packed new
+    tokens; caches: [slots, KVH, D]; returns [N, H, D]."""
     if q.is_cuda and triton is not None:
-        return _triton_paged_attention(q, k_cache, v_cache, batch, block_size)
+        return _triton_paged_attention(q, k_cache, v_cache, new, batch, block_size)
+    k_cache.index_copy_(0, new.slots, new.k)
+    v_cache.index_copy_(0, new.slots, new.v)
     return torch_paged_attention(q, k_cache, v_cache, batch, block_size)
 
 
@@ -98,24 +111,54 @@ def torch_paged_attention(
     return out.transpose(1, 2)[q_valid]  # [N, H, D] in packed order
 
 
-def _triton_paged_attention(q, k_cache, v_cache, batch: AttnBatch, block_size: int) -> torch.Tensor:
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def num_splits(tiles: int, kv_heads: int, device: torch.device) -> int:
+    """Decode at a small batch has too few (sequence, KV head) programs to keep the GPU's
+    memory busy; split each sequence's context over several programs (flash-decoding) until
+    there are about two programs per multiprocessor."""
+    return max(1, min(16, 2 * _multiprocessors(device) // max(1, tiles * kv_heads)))
+
+
+def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, block_size: int,
+                            splits: int | None = None) -> torch.Tensor:
     num_tokens, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
-    group = heads // kv_heads
+    group, padded = heads // kv_heads, triton_group(heads // kv_heads)
+    tiles = batch.tile_seq.shape[0]
+    # one token per sequence: the program that owns it writes its key/value (no extra launch)
+    decode = batch.block_q == 1 and batch.max_q_len == 1
+    if not decode:
+        k_cache.index_copy_(0, new.slots, new.k)
+        v_cache.index_copy_(0, new.slots, new.v)
+    if splits is None or not decode:
+        splits = num_splits(tiles, kv_heads, q.device) if decode else 1
+    rows = max(16, batch.block_q * padded)
     out = torch.empty_like(q)
-    grid = (batch.tile_seq.shape[0], kv_heads)
-    _paged_attention_kernel[grid](
-        q, k_cache, v_cache, out,
+    if splits > 1:
+        part = torch.empty((tiles, kv_heads, splits, rows, dim), dtype=torch.float32, device=q.device)
+        part_ml = torch.empty((2, tiles, kv_heads, splits, rows), dtype=torch.float32, device=q.device)
+    else:
+        part = part_ml = out  # unused
+    meta = dict(G=group, GP=padded, BLOCK_Q=batch.block_q, ROWS=rows, D=dim)
+    _paged_attention_kernel[(tiles, kv_heads, splits)](
+        q, k_cache, v_cache, out, new.k, new.v, new.slots, part, part_ml,
         batch.block_tables, batch.ctx_lens, batch.q_starts, batch.q_lens, batch.tile_seq, batch.tile_start,
         1.0 / math.sqrt(dim),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-        out.stride(0), out.stride(1), batch.block_tables.stride(0),
-        G=group, GP=triton_group(group), BLOCK_Q=batch.block_q, ROWS=max(16, batch.block_q * triton_group(group)),
-        D=dim, PAGE=block_size,
-        BLOCK_N=64 if dim <= 128 else 32,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        out.stride(0), out.stride(1), batch.block_tables.stride(0), new.k.stride(0), new.k.stride(1),
+        **meta, PAGE=block_size, BLOCK_N=64 if dim <= 128 else 32,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WRITE_NEW=decode, SPLITS=splits,
         num_warps=4, num_stages=2,
     )
+    if splits > 1:
+        _combine_splits_kernel[(tiles, kv_heads)](
+            part, part_ml, out, batch.q_starts, batch.q_lens, batch.tile_start, batch.tile_seq,
+            out.stride(0), out.stride(1), **meta, SPLITS=splits, num_warps=4,
+        )
     return out
 
 
@@ -123,15 +166,17 @@ if triton is not None:
 
     @triton.jit
     def _paged_attention_kernel(
-        Q, K, V, O,
+        Q, K, V, O, K_NEW, V_NEW, NEW_SLOTS, PART, PART_ML,
         block_tables, ctx_lens, q_starts, q_lens, tile_seq, tile_start,
         scale,
-        stride_qn, stride_qh, stride_kn, stride_kh, stride_on, stride_oh, stride_bt,
+        stride_qn, stride_qh, stride_kn, stride_kh, stride_on, stride_oh, stride_bt, stride_nn, stride_nh,
         G: tl.constexpr, GP: tl.constexpr, BLOCK_Q: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
-        PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+        PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, WRITE_NEW: tl.constexpr,
+        SPLITS: tl.constexpr,
     ):
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
+        split = tl.program_id(2)
         seq = tl.load(tile_seq + tile)
         first = tl.load(tile_start + tile)
         ctx = tl.load(ctx_lens + seq)
@@ -146,17 +191,28 @@ if triton is not None:
         pos = ctx - q_len + tok  # absolute position of each row's token
         d = tl.arange(0, D)
 
+        last = tl.minimum(ctx, ctx - q_len + first + BLOCK_Q)  # keys past the tile's last token are masked anyway
+        span = tl.cdiv(tl.cdiv(last, SPLITS), BLOCK_N) * BLOCK_N  # this split's keys: [lo, hi)
+        lo = split * span
+        hi = tl.minimum(last, lo + span)
+        if WRITE_NEW:  # decode: the split holding the new token writes its key/value, then reads
+            if (ctx - 1 >= lo) & (ctx - 1 < hi):
+                slot = tl.load(NEW_SLOTS + q_start)
+                src = q_start * stride_nn + kv_head * stride_nh + d
+                dst = slot * stride_kn + kv_head * stride_kh + d
+                tl.store(K + dst, tl.load(K_NEW + src))
+                tl.store(V + dst, tl.load(V_NEW + src))
+            tl.debug_barrier()
+
         q_ptrs = Q + (q_start + tok)[:, None] * stride_qn + (kv_head * G + head)[:, None] * stride_qh + d[None, :]
         q = tl.load(q_ptrs, mask=valid[:, None], other=0.0)
-
         m_i = tl.full([ROWS], float("-inf"), tl.float32)
         l_i = tl.zeros([ROWS], tl.float32)
         acc = tl.zeros([ROWS, D], tl.float32)
-        last = tl.minimum(ctx, ctx - q_len + first + BLOCK_Q)  # keys past the tile's last token are masked anyway
-        start = 0
-        while start < last:  # a while loop: Triton's interpreter cannot range() over a loaded scalar
+        start = lo
+        while start < hi:  # a while loop: Triton's interpreter cannot range() over a loaded scalar
             n = start + tl.arange(0, BLOCK_N)
-            n_ok = n < last
+            n_ok = n < hi
             page = tl.load(block_tables + seq * stride_bt + n // PAGE, mask=n_ok, other=0)
             slot = (page * PAGE + n % PAGE).to(tl.int64)
             k = tl.load(K + slot[:, None] * stride_kn + kv_head * stride_kh + d[None, :], mask=n_ok[:, None], other=0.0)
@@ -171,6 +227,46 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
             start += BLOCK_N
-        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        if SPLITS == 1:
+            out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            o_ptrs = O + (q_start + tok)[:, None] * stride_on + (kv_head * G + head)[:, None] * stride_oh + d[None, :]
+            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None])
+        else:  # unnormalized partials, combined by _combine_splits_kernel
+            base = ((tile * tl.num_programs(1) + kv_head) * SPLITS + split) * ROWS
+            tl.store(PART + (base + row)[:, None] * D + d[None, :], acc)
+            ml_stride = tl.num_programs(0) * tl.num_programs(1) * SPLITS * ROWS
+            tl.store(PART_ML + base + row, m_i)
+            tl.store(PART_ML + ml_stride + base + row, l_i)
+
+    @triton.jit
+    def _combine_splits_kernel(
+        PART, PART_ML, O, q_starts, q_lens, tile_start, tile_seq, stride_on, stride_oh,
+        G: tl.constexpr, GP: tl.constexpr, BLOCK_Q: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
+        SPLITS: tl.constexpr,
+    ):
+        tile = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        seq = tl.load(tile_seq + tile)
+        first = tl.load(tile_start + tile)
+        q_len = tl.load(q_lens + seq)
+        q_start = tl.load(q_starts + seq)
+        row = tl.arange(0, ROWS)
+        tok = first + row // GP
+        head = row % GP
+        valid = (head < G) & (tok < q_len) & (row < BLOCK_Q * GP)
+        d = tl.arange(0, D)
+        ml_stride = tl.num_programs(0) * tl.num_programs(1) * SPLITS * ROWS
+        base = (tile * tl.num_programs(1) + kv_head) * SPLITS * ROWS
+        m_max = tl.full([ROWS], float("-inf"), tl.float32)
+        for s in tl.static_range(SPLITS):
+            m_max = tl.maximum(m_max, tl.load(PART_ML + base + s * ROWS + row))
+        m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
+        acc = tl.zeros([ROWS, D], tl.float32)
+        l_sum = tl.zeros([ROWS], tl.float32)
+        for s in tl.static_range(SPLITS):
+            weight = tl.exp(tl.load(PART_ML + base + s * ROWS + row) - m_safe)
+            l_sum += weight * tl.load(PART_ML + ml_stride + base + s * ROWS + row)
+            acc += weight[:, None] * tl.load(PART + (base + s * ROWS + row)[:, None] * D + d[None, :])
+        out = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
         o_ptrs = O + (q_start + tok)[:, None] * stride_on + (kv_head * G + head)[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None])
