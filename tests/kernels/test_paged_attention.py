@@ -51,7 +51,9 @@ def punch(k_cache, v_cache, batch: AttnBatch):
         ctx, n = int(batch.ctx_lens[i]), int(batch.q_lens[i])
         slots += [int(batch.block_tables[i, p // BLOCK]) * BLOCK + p % BLOCK for p in range(ctx - n, ctx)]
     slots = torch.tensor(slots)
-    new = NewKV(k_cache[slots].clone(), v_cache[slots].clone(), slots)
+    # values as a strided view of a wider tensor, as the model's fused q/k/v projection hands them over
+    wide = torch.cat([torch.zeros_like(v_cache[slots]), v_cache[slots]], dim=-1)
+    new = NewKV(k_cache[slots].clone(), wide[..., v_cache.shape[-1]:], slots)
     k_holed, v_holed = k_cache.clone(), v_cache.clone()
     k_holed[slots] = 0
     v_holed[slots] = 0

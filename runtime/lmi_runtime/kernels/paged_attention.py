@@ -150,6 +150,7 @@ def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, b
         1.0 / math.sqrt(dim),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         out.stride(0), out.stride(1), batch.block_tables.stride(0), new.k.stride(0), new.k.stride(1),
+        new.v.stride(0), new.v.stride(1),
         **meta, PAGE=block_size, BLOCK_N=64 if dim <= 128 else 32,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WRITE_NEW=decode, SPLITS=splits,
         num_warps=4, num_stages=2,
@@ -169,7 +170,8 @@ if triton is not None:
         Q, K, V, O, K_NEW, V_NEW, NEW_SLOTS, PART, PART_ML,
         block_tables, ctx_lens, q_starts, q_lens, tile_seq, tile_start,
         scale,
-        stride_qn, stride_qh, stride_kn, stride_kh, stride_on, stride_oh, stride_bt, stride_nn, stride_nh,
+        stride_qn, stride_qh, stride_kn, stride_kh, stride_on, stride_oh, stride_bt, stride_nkn, stride_nkh,
+        stride_nvn, stride_nvh,
         G: tl.constexpr, GP: tl.constexpr, BLOCK_Q: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
         PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, WRITE_NEW: tl.constexpr,
         SPLITS: tl.constexpr,
@@ -198,10 +200,9 @@ if triton is not None:
         if WRITE_NEW:  # decode: the split holding the new token writes its key/value, then reads
             if (ctx - 1 >= lo) & (ctx - 1 < hi):
                 slot = tl.load(NEW_SLOTS + q_start)
-                src = q_start * stride_nn + kv_head * stride_nh + d
                 dst = slot * stride_kn + kv_head * stride_kh + d
-                tl.store(K + dst, tl.load(K_NEW + src))
-                tl.store(V + dst, tl.load(V_NEW + src))
+                tl.store(K + dst, tl.load(K_NEW + q_start * stride_nkn + kv_head * stride_nkh + d))
+                tl.store(V + dst, tl.load(V_NEW + q_start * stride_nvn + kv_head * stride_nvh + d))
             tl.debug_barrier()
 
         q_ptrs = Q + (q_start + tok)[:, None] * stride_qn + (kv_head * G + head)[:, None] * stride_qh + d[None, :]
