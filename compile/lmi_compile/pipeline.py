@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.plan.estimate import minutes
+from lmi_compile.quantize.defaults import resolve as sized_for_device
 from lmi_compile.quantize.report import QuantReport
 from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
@@ -50,13 +52,14 @@ def run_recipe(
     device: str = "cpu",
     log: Log = print,
 ) -> RunResult:
-    plan = plan_recipe(recipe, instance_type=instance_type, token=token)
+    plan = plan_recipe(recipe, instance_type=instance_type, token=token, device=device)
     if plan.backend != "torch":
         raise ConfigError(
             f"the plan chose the {plan.backend} target, which this build cannot compile here",
             hint="set target.backend: torch for a portable artifact; the trtllm and neuron targets "
             "are built inside Dockerfile.trtllm / Dockerfile.neuron",
         )
+    _log_estimates(plan, log)
     cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
     hits: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="lmi-run-"))
@@ -64,12 +67,16 @@ def run_recipe(
         log(f"fetch: {recipe.source.uri}")
         model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
 
+        qspec, chosen = sized_for_device(recipe.quantize, device)
+        if chosen and qspec.method != "none":
+            log(f"quantize: sized for {device}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+
         def quantize_into(out: Path) -> None:
             from lmi_compile.quantize.stage import quantize
 
-            quantize(model.path, recipe.quantize, out, device=device)
+            quantize(model.path, qspec, out, device=device)
 
-        quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
+        quantized = _cached(cache, "quantize", model.path, qspec, quantize_into, work, hits, log)
         report = QuantReport.load(quantized)
         _log_quality(report, log)
 
@@ -103,6 +110,15 @@ def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work
     out = work / stage
     produce(out)
     return cache.put(key, out, stage=stage)
+
+
+def _log_estimates(plan: Plan, log: Log) -> None:
+    estimates = plan.estimates
+    if estimates is not None:
+        stages = ", ".join(f"{s.stage} {minutes(s.seconds)}" for s in estimates.stages)
+        log(f"estimate on {estimates.device} (idle machine): {stages}; total {minutes(estimates.total_seconds)}")
+        for warning in estimates.warnings():
+            log(f"warning: {warning}")
 
 
 def _log_quality(report: QuantReport, log: Log) -> None:
