@@ -116,7 +116,7 @@ def _log_estimates(plan: Plan, log: Log) -> None:
     estimates = plan.estimates
     if estimates is not None:
         stages = ", ".join(f"{s.stage} {minutes(s.seconds)}" for s in estimates.stages)
-        log(f"estimate on {estimates.device} (idle machine): {stages}; total {minutes(estimates.total_seconds)}")
+        log(f"estimate on {estimates.device}: {stages}; total {minutes(estimates.total_seconds)}")
         for warning in estimates.warnings():
             log(f"warning: {warning}")
 

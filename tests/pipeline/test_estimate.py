@@ -29,7 +29,7 @@ def test_cpu_sizes_are_small_and_stated_gpu_sizes_are_the_papers():
     on_cpu = make_plan(_recipe(method="awq"), LLAMA, TWO_CORES).estimates
     chosen = {s.setting: s.value for s in on_cpu.sizes}
     assert chosen["quantize.calibration.num_samples"] == "16" and chosen["quantize.awq_grid"] == "10"
-    assert "CPU" in on_cpu.sizes[0].reason and on_cpu.device == "cpu (2 cores)"
+    assert "CPU" in on_cpu.sizes[0].reason and on_cpu.device.startswith("cpu (2 cores")
     on_gpu = make_plan(_recipe(method="awq"), LLAMA, instance_hardware("ml.p5.48xlarge")).estimates
     chosen = {s.setting: s.value for s in on_gpu.sizes}
     assert (chosen["quantize.calibration.num_samples"], chosen["quantize.calibration.seq_len"]) == ("128", "512")

@@ -7,11 +7,14 @@ compile/lmi_compile/quantize/README.md); other GPUs scale by their bf16 throughp
 the H100, CPUs by their core count. Each method is a number of such passes over the calibration
 tokens: AWQ re-runs every layer once per scale-grid point, GPTQ adds a per-layer solve that grows
 with `in_features² × out_features`, SmoothQuant and static int8 are one pass or less. Byte-bound
-stages (fetch, compile, publish) divide bytes by a typical rate. The figures are estimates for
-an idle machine: on a busy one expect up to 2-3x.
+stages (fetch, compile, publish) divide bytes by a typical rate. Planning for this machine's CPU,
+its current load counts too: with a load of L on C cores a new process gets about C / (L + 1)
+of them. Other users' load changes while a stage runs, so treat the figures as estimates.
 """
 
 from __future__ import annotations
+
+import os
 
 from pydantic import BaseModel
 
@@ -125,13 +128,23 @@ class _Speed:
             self.name = f"cuda ({name})"
         else:
             cores = hardware.cores if hardware.kind == "cpu" else max(hardware.cores, CPU_MEASURED_CORES)
-            factor = CPU_MEASURED_CORES / min(max(cores, 1), 32)
+            busy = _busy_factor(cores) if hardware.instance_type is None else 1.0
+            factor = CPU_MEASURED_CORES / min(max(cores, 1), 32) * busy
             self.pass_unit, self.solve_unit, self.round_unit = (
                 CPU_PASS_UNIT * factor, CPU_SOLVE_UNIT * factor, CPU_ROUND_UNIT * factor)
-            self.name = f"cpu ({cores} cores)"
+            self.name = f"cpu ({cores} cores" + (f", busy: x{busy:.1f} for the current load)" if busy > 1 else ")")
 
     def describe(self) -> str:
         return self.name
+
+
+def _busy_factor(cores: int) -> float:
+    """How much slower than idle this machine's CPU is now: others' load shares the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 1.0
+    return max(1.0, (load + 1) / cores)
 
 
 def _quantize(quant, spec: ModelSpec, speed: _Speed, device: str, work_bytes: int) -> StageEstimate:

@@ -39,7 +39,7 @@ def print_plan(plan: Plan, console: Console) -> None:
 
 def print_estimates(estimates: Estimates, console: Console) -> None:
     """Each stage's time and peak memory, the sizes chosen for the device, and long-stage warnings."""
-    table = Table(title=f"Estimated cost on {estimates.device} (an idle machine; a busy one takes longer)")
+    table = Table(title=f"Estimated cost on {estimates.device}")
     for column in ("stage", "time", "peak memory", "based on"):
         table.add_column(column)
     for stage in estimates.stages:

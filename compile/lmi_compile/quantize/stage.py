@@ -120,7 +120,7 @@ def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, shown
     if device.startswith("cuda"):
         model.to("cpu")  # llm-compressor onloads one layer at a time to the accelerator
         torch.cuda.reset_peak_memory_stats()
-    layers = _LayerProgress(shown, f"quantize {settings.method}", samples)
+    layers = _LayerProgress(shown, f"quantize {settings.method}")
     start = time.perf_counter()
     with quiet(on_step=layers.step):  # inside the stage's quiet(): adds the listener
         methods.apply(model, settings, samples, tokenizer)
@@ -218,10 +218,9 @@ class _LayerProgress:
 
     SUBGRAPH = re.compile(r"\((\d+)/(\d+)\): (\w+)")
 
-    def __init__(self, shown: Progress, label: str, samples: list | None):
+    def __init__(self, shown: Progress, label: str):
         self.task: Task = shown.task(label, total=None)
         self.layer = ""
-        self.samples = len(samples) if samples else 0
 
     def step(self, desc: str, done: int, total: int | None) -> None:
         found = self.SUBGRAPH.match(desc)
