@@ -16,7 +16,7 @@ from lmi_runtime.artifact.folder import verify_folder
 from served import lmi_serve
 
 REPO = Path(__file__).resolve().parents[2]
-# End to end, ~45-60 s each on 2 cores: left out of the default run, run by CI (.ci/run).
+# End to end, 8-16 s each on 2 quiet cores, 45-60 s on busy ones: left out of the default run, run by CI (.ci/run).
 pytestmark = pytest.mark.slow
 
 

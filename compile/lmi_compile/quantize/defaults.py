@@ -32,13 +32,15 @@ GPU = DeviceSizes(
     why="GPU: the AWQ paper's calibration (128 x 512 tokens, 20-point scale grid)",
 )
 
-# (recipe key, section, field, DeviceSizes attribute)
+# (recipe key, section, field, DeviceSizes attribute, the methods it applies to)
+CALIBRATED = ("awq", "gptq", "smoothquant")
+EVALUATED = ("awq", "gptq", "smoothquant", "static_int8")
 SIZES = (
-    ("calibration.num_samples", "calibration", "num_samples", "num_samples"),
-    ("calibration.seq_len", "calibration", "seq_len", "seq_len"),
-    ("awq_grid", None, "awq_grid", "awq_grid"),
-    ("quality.max_tokens", "quality", "max_tokens", "eval_tokens"),
-    ("quality.batch_size", "quality", "batch_size", "eval_batch_size"),
+    ("calibration.num_samples", "calibration", "num_samples", "num_samples", CALIBRATED),
+    ("calibration.seq_len", "calibration", "seq_len", "seq_len", CALIBRATED),
+    ("awq_grid", None, "awq_grid", "awq_grid", ("awq",)),
+    ("quality.max_tokens", "quality", "max_tokens", "eval_tokens", EVALUATED),
+    ("quality.batch_size", "quality", "batch_size", "eval_batch_size", EVALUATED),
 )
 
 
@@ -47,17 +49,18 @@ def for_device(device: str) -> DeviceSizes:
 
 
 def resolve(spec: QuantizeSpec, device: str) -> tuple[QuantizeSpec, dict[str, str]]:
-    """`spec` with every unset size filled in for `device`, and {recipe key: "value (reason)"}
-    for each value chosen here (values the recipe set are neither changed nor listed)."""
+    """`spec` with every unset size filled in for `device`, and {recipe key: value} for each one
+    chosen here that the method uses (values the recipe set are neither changed nor listed)."""
     sizes = for_device(device)
     chosen: dict[str, str] = {}
     updates: dict = {}
-    for key, section, name, attr in SIZES:
+    for key, section, name, attr, methods in SIZES:
         holder = getattr(spec, section) if section else spec
         if getattr(holder, name) is not None:
             continue
         value = getattr(sizes, attr)
-        chosen[key] = str(value)
+        if spec.method in methods:
+            chosen[key] = str(value)
         if section:
             updates.setdefault(section, {})[name] = value
         else:
