@@ -32,11 +32,10 @@ Unit = Literal["steps", "bytes"]
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def human_seconds(s: float) -> str:
@@ -109,6 +108,8 @@ class Task:
 
 
 class _Sink:
+    """Where a task's changes go: rich bars, plain lines, or nowhere."""
+
     def changed(self, task: Task, step: bool) -> None: ...
     def added(self, task: Task) -> None: ...
 

@@ -56,3 +56,13 @@ def test_silenced_tqdm_bars_report_each_item_after_its_work():
     assert seen == ["work", ("(2/31): Calibrating", 1, 3), "work", ("(2/31): Calibrating", 2, 3),
                     "work", ("(2/31): Calibrating", 3, 3)]
     assert list(tqdm.tqdm(range(2))) == [0, 1]  # restored afterwards
+
+
+def test_a_terminal_gets_rich_bars_with_the_byte_rate():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=120)
+    with progress(console=console) as shown:
+        task = shown.task("downloading 2 objects", total=2_000_000, unit="bytes")
+        task.advance(2_000_000)
+    text = out.getvalue()
+    assert "\x1b[" in text and "downloading 2 objects" in text and "2.0 MB/2.0 MB" in text and "/s" in text

@@ -43,7 +43,6 @@ BASE_RSS = 450 * MB  # python + torch + transformers, measured
 # activation cache during calibration, in hidden-size float32 vectors per calibration token
 CACHE_VECTORS = {"awq": 80, "gptq": 12, "smoothquant": 10, "static_int8": 0, "none": 0}
 RATES = {"bundled": 100 * MB, "local": 300 * MB, "s3": 150 * MB, "hub": 50 * MB}  # bytes/s
-STAGES = ("fetch", "quantize", "evaluate", "compile", "publish")
 
 
 class SizeChoice(BaseModel):
@@ -96,7 +95,7 @@ def estimate(recipe: Recipe, spec: ModelSpec, hardware: Hardware, device: str | 
     kind = _source_kind(recipe.source.uri)
 
     stages = [StageEstimate(
-        stage="fetch", seconds=_bytes_time(kind, source_bytes) + source_bytes / RATES["local"],  # + checking
+        stage="fetch", seconds=source_bytes / RATES[kind] + source_bytes / RATES["local"],  # + checking
         peak_memory_bytes=BASE_RSS + (params * 4 if kind == "bundled" else 0),
         basis=f"{source_bytes / MB:,.0f} MB from {kind} at ~{RATES[kind] / MB:.0f} MB/s",
         shorten="fetch once into a folder or s3:// prefix near this machine and use that as source.uri",
@@ -109,7 +108,8 @@ def estimate(recipe: Recipe, spec: ModelSpec, hardware: Hardware, device: str | 
     dest = "s3" if recipe.output.uri.startswith("s3://") else "local"
     stages.append(StageEstimate(
         stage="publish", seconds=out_bytes / RATES["local"] + out_bytes / RATES[dest], peak_memory_bytes=BASE_RSS,
-        basis=f"verify, then send {out_bytes / MB:,.0f} MB to {dest} at ~{RATES[dest] / MB:.0f} MB/s", shorten=None))
+        basis=f"verify, then send {out_bytes / MB:,.0f} MB to {dest} at ~{RATES[dest] / MB:.0f} MB/s",
+        shorten="raise LMI_S3_WORKERS and LMI_S3_PART_CONCURRENCY, or publish from a machine in the bucket's region"))
     for stage in stages:
         if stage.seconds <= LONG_S:
             stage.shorten = None
@@ -192,10 +192,6 @@ def _evaluate(quant, spec: ModelSpec, speed: _Speed, device: str, work_bytes: in
         basis=f"perplexity of the original and the quantized model on {tokens:,} tokens "
               f"({tokens // quant.quality.seq_len} windows of {quant.quality.seq_len}, {batch} per pass)",
         shorten=f"lower quantize.quality.max_tokens (now {tokens})")
-
-
-def _bytes_time(kind: str, size: int) -> float:
-    return size / RATES[kind]
 
 
 def _source_kind(uri: str) -> str:
