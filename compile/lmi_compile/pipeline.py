@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.plan.estimate import minutes
+from lmi_compile.quantize.defaults import resolve as sized_for_device
 from lmi_compile.quantize.report import QuantReport
 from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
@@ -51,13 +53,14 @@ def run_recipe(
     device: str = "cpu",
     log: Log = print,
 ) -> RunResult:
-    plan = plan_recipe(recipe, instance_type=instance_type, token=token)
+    plan = plan_recipe(recipe, instance_type=instance_type, token=token, device=device)
     vendor = plan.backend in VENDOR_TARGETS
     if vendor:
         vendor_stage.check(recipe, plan)  # before any download: unsupported combinations fail now
     elif plan.quantization == "fp8":
         raise ConfigError("fp8 is produced by ModelOpt for the trtllm target; the plan chose the torch target",
                           hint="set target.backend: trtllm, or quantize.method awq / smoothquant / static_int8")
+    _log_estimates(plan, log)
     cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
     hits: list[str] = []
     work = new_work_folder()  # also removes the work folders of killed runs
@@ -70,12 +73,16 @@ def run_recipe(
                                lambda out: vendor_stage.build(recipe, plan, model.path, out, log), work, hits, log)
             target, quantization = vendor_stage.target_info(recipe, plan), vendor_stage.quantization_info(recipe, plan)
         else:
+            qspec, chosen = sized_for_device(recipe.quantize, device)
+            if chosen and qspec.method != "none":
+                log(f"quantize: sized for {device}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
+
             def quantize_into(out: Path) -> None:
                 from lmi_compile.quantize.stage import quantize
 
-                quantize(model.path, recipe.quantize, out, device=device)
+                quantize(model.path, qspec, out, device=device)
 
-            quantized = _cached(cache, "quantize", model.path, recipe.quantize, quantize_into, work, hits, log)
+            quantized = _cached(cache, "quantize", model.path, qspec, quantize_into, work, hits, log)
             report = QuantReport.load(quantized)
             _log_quality(report, log)
 
@@ -110,6 +117,15 @@ def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work
     out = work / stage
     produce(out)
     return cache.put(key, out, stage=stage)
+
+
+def _log_estimates(plan: Plan, log: Log) -> None:
+    estimates = plan.estimates
+    if estimates is not None:
+        stages = ", ".join(f"{s.stage} {minutes(s.seconds)}" for s in estimates.stages)
+        log(f"estimate on {estimates.device}: {stages}; total {minutes(estimates.total_seconds)}")
+        for warning in estimates.warnings():
+            log(f"warning: {warning}")
 
 
 def _log_quality(report: QuantReport, log: Log) -> None:

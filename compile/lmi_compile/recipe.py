@@ -34,8 +34,9 @@ class CalibrationSpec(Section):
     """Calibration text for activation-aware methods; never overlaps the evaluation text."""
 
     dataset: str = "builtin:python-docs"  # builtin:NAME | path to .txt/.jsonl | hf:NAME
-    num_samples: int = Field(64, ge=1)
-    seq_len: int = Field(512, ge=16)
+    # None: sized for the device the stage runs on (lmi_compile.quantize.defaults)
+    num_samples: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=16)
 
 
 class QualitySpec(Section):
@@ -43,22 +44,23 @@ class QualitySpec(Section):
 
     # Same source as calibration (the default): its documents are split, never shared.
     dataset: str = "builtin:python-docs"
-    max_tokens: int = Field(4096, ge=64)
+    max_tokens: int | None = Field(None, ge=64)  # None: sized for the device
     seq_len: int = Field(512, ge=16)
+    batch_size: int | None = Field(None, ge=1)  # windows per forward pass; None: sized for the device
     max_ppl_increase: float | None = Field(None, ge=0)  # relative, 0.05 = +5%; None = report only
 
 
 class QuantizeSpec(Section):
     method: QuantMethod = "none"
     bits: int = 4
-    group_size: int | Literal["auto"] = 128
+    group_size: int | Literal["auto"] = "auto"  # the largest power of two <= 128 dividing every layer
     symmetric: bool = True
     desc_act: bool = False  # GPTQ act-order
     damp: float = Field(0.01, gt=0)  # GPTQ dampening fraction
     # SmoothQuant migration strength; 0.8 as in llm-compressor's W8A8 examples (0.5 flips
     # SmolLM2's answers, see compile/lmi_compile/quantize/README.md)
     alpha: float = Field(0.8, ge=0, le=1)
-    awq_grid: int = Field(20, ge=1)  # AWQ scale-search grid points per layer group
+    awq_grid: int | None = Field(None, ge=1)  # AWQ scale-search grid points per layer group; None: per device
     awq_duo_scaling: bool | Literal["both"] = True  # AWQ scales from activations and weights
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     quality: QualitySpec = Field(default_factory=QualitySpec)

@@ -1,4 +1,4 @@
-"""sha256 of files, with a rich progress bar when there is enough data to wait for, and a
+"""sha256 of files, with progress (bytes, rate, ETA) when there is enough data to wait for, and a
 cache of digests keyed by each file's identity so that a restart does not rehash unchanged files."""
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from lmi_runtime.progress import progress
 
 CHUNK = 8 << 20
-PROGRESS_MIN_BYTES = 256 << 20  # below this, hashing takes well under a second: no bar
+PROGRESS_MIN_BYTES = 32 << 20  # below this, a transfer or hash takes well under a second: no progress
 
 
 def sha256_file(path: Path, on_chunk=None) -> str:
@@ -31,15 +30,13 @@ def sha256_file(path: Path, on_chunk=None) -> str:
 
 @contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Yield `advance(n_bytes)`; draws a bar only when `total` is worth waiting for."""
+    """Yield `advance(n_bytes)`; shows progress only when `total` is worth waiting for."""
     if total < PROGRESS_MIN_BYTES:
         yield lambda n: None
         return
-    console = Console(stderr=True)  # keep stdout for results; no bar when not on a terminal
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
+    with progress(transient=True) as shown:  # stderr: stdout keeps the results
+        task = shown.task(label, total=total, unit="bytes")
+        yield task.advance
 
 
 def hash_files(paths: list[Path], label: str = "sha256", cache: "HashCache | None" = None) -> dict[Path, str]:

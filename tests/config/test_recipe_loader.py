@@ -60,7 +60,7 @@ def test_unknown_keys_warn_at_every_level_with_the_nearest_key(tmp_path: Path):
                 ("'limits.max_batch'", "'limits.max_batch_size'")]
     for unknown, suggestion in expected:
         assert any(unknown in w and f"nearest known key: {suggestion}" in w and "r.yaml" in w for w in warned), unknown
-    assert recipe.quantize.calibration.num_samples == 64 and recipe.source.revision is None
+    assert recipe.quantize.calibration.num_samples is None and recipe.source.revision is None  # None: sized per device
 
 
 def test_unknown_quantization_method_names_the_allowed_ones():

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from lmi_runtime.artifact.download import download_artifact
@@ -15,6 +16,8 @@ from lmi_runtime.artifact.folder import verify_folder
 from served import lmi_serve
 
 REPO = Path(__file__).resolve().parents[2]
+# End to end, 8-16 s each on 2 quiet cores, 45-60 s on busy ones: left out of the default run, run by CI (.ci/run).
+pytestmark = pytest.mark.slow
 
 
 def _recipe(tmp_path: Path, out: str, max_ppl_increase: float) -> Path:
@@ -44,6 +47,7 @@ def test_run_publishes_a_verified_artifact_and_reruns_from_the_cache(tmp_path, p
     first = _run(python, cli_env, s3_env, recipe)
     assert first.returncode == 0, first.stderr
     assert "quantize: running" in first.stderr and "0 unchanged" in first.stdout
+    assert "estimate on cpu" in first.stderr and "quantize " in first.stderr.split("estimate on cpu")[1]
     assert "quality: perplexity" in first.stderr and "limit +5.00%" in first.stderr
 
     pulled = tmp_path / "pulled"

@@ -3,6 +3,8 @@ evaluation so the whole area stays within a few minutes on 2 CPU cores."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,8 @@ def small_spec():
 
 @pytest.fixture(scope="session")
 def quantized(smollm2_dir: Path, tmp_path_factory):
-    """`quantized(method)` -> QuantResult, computed on first use and shared by every test."""
+    """`quantized(method)` -> (QuantResult, the progress it printed), computed on first use and
+    shared by every test. Progress goes to a non-terminal stream: the plain lines a log gets."""
     from lmi_compile.quantize import quantize
 
     done: dict = {}
@@ -44,7 +47,9 @@ def quantized(smollm2_dir: Path, tmp_path_factory):
     def get(method: str):
         if method not in done:
             spec = _small_spec(**METHOD_SETTINGS[method])
-            done[method] = quantize(smollm2_dir, spec, root / method, show_progress=False)
+            with contextlib.redirect_stderr(io.StringIO()) as printed:
+                result = quantize(smollm2_dir, spec, root / method, show_progress=True)
+            done[method] = result, printed.getvalue()
         return done[method]
 
     return get

@@ -33,7 +33,7 @@ def greedy_next_word(folder, question: str, answer_start: str) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["static_int8", "smoothquant", "gptq", "awq"])
 def test_method_output_reloads_answers_and_keeps_perplexity(quantized, method):
-    result = quantized(method)
+    result, _ = quantized(method)
     config = json.loads((result.model_dir / "config.json").read_text())["quantization_config"]
     assert config["quant_method"] == "compressed-tensors"
     assert config["format"] == FORMATS[method]
@@ -52,7 +52,7 @@ def test_method_output_reloads_answers_and_keeps_perplexity(quantized, method):
 
 @pytest.mark.slow
 def test_awq_auto_group_size_is_64_and_said_so(quantized):
-    report = quantized("awq").report
+    report = quantized("awq")[0].report
     assert report.settings["group_size"] == 64
     assert "576" in report.group_size_note and "64" in report.group_size_note
     assert report.calibration.samples == 4 and report.calibration.tokens == 4 * 128
@@ -60,9 +60,22 @@ def test_awq_auto_group_size_is_64_and_said_so(quantized):
 
 @pytest.mark.slow
 def test_smoothquant_quantizes_activations_per_token(quantized):
-    folder = quantized("smoothquant").model_dir
+    folder = quantized("smoothquant")[0].model_dir
     group = json.loads((folder / "config.json").read_text())["quantization_config"]["config_groups"]["group_0"]
     assert group["weights"]["num_bits"] == 8 and group["weights"]["strategy"] == "channel"
     assert group["input_activations"] == group["input_activations"] | {
         "num_bits": 8, "strategy": "token", "dynamic": True
     }
+
+
+@pytest.mark.slow
+def test_awq_progress_shows_llm_compressors_layers_and_the_windows(quantized):
+    """In a log: one plain line per decoder layer (llm-compressor's sequential subgraphs, 30
+    layers + the head) with an ETA, and one per evaluation window; no escape codes."""
+    _, printed = quantized("awq")
+    lines = printed.splitlines()
+    layers = [line for line in lines if line.startswith("quantize awq: ")]
+    assert len(layers) >= 30 and layers[-1].startswith("quantize awq: 31/31 (100%)"), lines[-5:]
+    assert layers[0].startswith("quantize awq: 1/31 (3%), layer 2/31: calibrating sample") and "ETA" in layers[0]
+    windows = [line for line in lines if line.startswith("perplexity, quantized (windows): ")]
+    assert len(windows) == 8 and "\x1b" not in printed  # 2048 tokens in windows of 256

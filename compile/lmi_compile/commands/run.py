@@ -23,6 +23,7 @@ def run(
     out: str | None = typer.Option(None, "--out", help="Publish here instead of the recipe's output.uri (folder or s3://…)."),
     instance_type: str | None = typer.Option(None, "--for", help="Plan for this SageMaker instance type."),
     device: str = typer.Option("cpu", "--device", help="Device for quantization and its quality check (cpu or cuda)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with each stage's estimated time and peak memory; run nothing."),
 ) -> None:
     """Plan, fetch, quantize (with its quality gate), compile and publish; the manifest is written last."""
     from lmi_compile.pipeline import run_recipe
@@ -33,8 +34,13 @@ def run(
         chosen, token = recipe_and_token(recipe, properties)
         if out is not None:
             chosen.output.uri = out
+        if dry_run:
+            from lmi_compile.plan import plan_recipe, print_plan
+
+            print_plan(plan_recipe(chosen, instance_type=instance_type, token=token, device=device), Console())
+            return
         result = run_recipe(chosen, instance_type=instance_type, token=token, device=device,
-                            s3_options=S3Options.from_env(), log=lambda line: console.print(f"[cyan]{line}[/]"))
+                            s3_options=S3Options.from_env(), log=lambda line: console.print(f"[cyan]{line}[/]", soft_wrap=True))
     ref = result.artifact
     typer.echo(f"published {ref.uri} (manifest sha256 {ref.manifest_sha256[:16]}…, "
                f"{len(ref.sent)} files sent, {len(ref.skipped)} unchanged)")

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lmi_compile.plan.backend import choose_backend
+from lmi_compile.plan.estimate import Estimates, estimate
 from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
 from lmi_compile.plan.model_config import read_model_config
 from lmi_compile.plan.parallel import choose_tp, heads_text, valid_tp_degrees
@@ -71,9 +72,11 @@ class Plan(BaseModel):
     weights: WeightsPlan
     kv_cache: KvCachePlan
     reasons: list[Decision]
+    estimates: Estimates | None = None  # time and peak memory of each pipeline stage
 
 
-def plan_recipe(recipe: Recipe, instance_type: str | None = None, token: str | None = None) -> Plan:
+def plan_recipe(recipe: Recipe, instance_type: str | None = None, token: str | None = None,
+                device: str | None = None) -> Plan:
     """Plan a recipe for `instance_type` (or recipe.target.instance_type), else for this machine."""
     config = read_model_config(recipe.source.uri, recipe.source.revision, token)
     wanted = instance_type or recipe.target.instance_type
@@ -84,7 +87,7 @@ def plan_recipe(recipe: Recipe, instance_type: str | None = None, token: str | N
         hardware = probe()
         why = ("this machine: no NVIDIA GPU or Neuron device found, so its CPU and RAM" if hardware.kind == "cpu"
                else f"this machine, probed with {hardware.source}")
-    return make_plan(recipe, config, hardware, hardware_reason=why)
+    return make_plan(recipe, config, hardware, hardware_reason=why, device=device)
 
 
 def choose_dtype(requested: str, hardware: Hardware, spec: ModelSpec) -> tuple[str, str]:
@@ -138,7 +141,8 @@ def choose_lengths(backend: str, spec: ModelSpec, limits: LimitsSpec) -> tuple[i
 
 
 def make_plan(recipe: Recipe, model_config: dict[str, Any], hardware: Hardware,
-              hardware_reason: str = "given") -> Plan:
+              hardware_reason: str = "given", device: str | None = None) -> Plan:
+    """`device`: where quantization runs (default: a GPU when the hardware has one, else the CPU)."""
     spec = ModelSpec.from_config(model_config)
     target, limits, quant = recipe.target, recipe.limits, recipe.quantize
     reasons = [Decision(decision="hardware", value=hardware.describe(), reason=hardware_reason)]
@@ -207,7 +211,7 @@ def make_plan(recipe: Recipe, model_config: dict[str, Any], hardware: Hardware,
         max_input_len=inp, max_output_len=out, max_total_len=total, max_num_tokens=step,
         weights=WeightsPlan(parameters=spec.num_parameters, dtype=dtype, quantization=quant.method,
                             bytes=weight_bytes, bytes_per_device=kv.weights_per_device),
-        kv_cache=kv, reasons=reasons,
+        kv_cache=kv, reasons=reasons, estimates=estimate(recipe, spec, hardware, device),
     )
 
 

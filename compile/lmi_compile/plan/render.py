@@ -7,6 +7,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
+from lmi_compile.plan.estimate import Estimates, minutes
 from lmi_compile.plan.planner import Plan
 from lmi_runtime.hardware import GiB
 
@@ -32,3 +33,22 @@ def print_plan(plan: Plan, console: Console) -> None:
         f"{kv.bytes_per_token:,} B per token per device); {kv.max_full_sequences} sequences of "
         f"{plan.max_total_len} tokens at once.", highlight=False)
     console.print(f"[dim]formula: {kv.formula}[/]", highlight=False)
+    if plan.estimates is not None:
+        print_estimates(plan.estimates, console)
+
+
+def print_estimates(estimates: Estimates, console: Console) -> None:
+    """Each stage's time and peak memory, the sizes chosen for the device, and long-stage warnings."""
+    table = Table(title=f"Estimated cost on {estimates.device}")
+    for column in ("stage", "time", "peak memory", "based on"):
+        table.add_column(column)
+    for stage in estimates.stages:
+        table.add_row(stage.stage, minutes(stage.seconds), f"{stage.peak_memory_bytes / GiB:.1f} GiB", stage.basis)
+    table.add_row("total", minutes(estimates.total_seconds), "", "")
+    console.print(table)
+    if estimates.sizes:
+        chosen = ", ".join(f"{size.setting}={size.value}" for size in estimates.sizes)
+        console.print(f"sized for {estimates.device} (set them in the recipe to override): {chosen}; "
+                      f"why: {estimates.sizes[0].reason}", highlight=False, soft_wrap=True)
+    for warning in estimates.warnings():
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

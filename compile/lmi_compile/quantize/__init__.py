@@ -1,7 +1,15 @@
 """The quantize stage: AWQ, GPTQ, SmoothQuant (W8A8) and int8 weight-only, with calibration
-text, a perplexity quality gate and a report. llm-compressor is imported only when a method runs."""
+text, a perplexity quality gate and a report. llm-compressor is imported only when a method runs,
+and torch only when the stage is used (the planner reads `defaults` without it)."""
 
 from lmi_compile.quantize.report import REPORT_NAME, QuantReport
-from lmi_compile.quantize.stage import QuantResult, quantize
 
 __all__ = ["REPORT_NAME", "QuantReport", "QuantResult", "quantize"]
+
+
+def __getattr__(name: str):
+    if name in ("QuantResult", "quantize"):
+        from lmi_compile.quantize import stage
+
+        return getattr(stage, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

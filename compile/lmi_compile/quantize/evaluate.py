@@ -26,17 +26,19 @@ def perplexity(
     model: torch.nn.Module,
     windows: list[list[int]],
     device: str = "cpu",
-    on_window: Callable[[], None] | None = None,
+    batch_size: int = 1,
+    on_windows: Callable[[int], None] | None = None,
 ) -> float:
-    """exp(mean next-token negative log-likelihood) over every predicted token of `windows`."""
+    """exp(mean next-token negative log-likelihood) over every predicted token of `windows`
+    (all of one length), `batch_size` windows per forward pass; `on_windows(n)` after each."""
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    for window in windows:
-        ids = torch.tensor([window], device=device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
-        nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum")
+    for start in range(0, len(windows), batch_size):
+        ids = torch.tensor(windows[start : start + batch_size], device=device)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten(), reduction="sum")
         total_nll += nll.item()
-        total_tokens += ids.shape[1] - 1
-        if on_window:
-            on_window()
+        total_tokens += ids[:, 1:].numel()
+        if on_windows:
+            on_windows(ids.shape[0])
     return math.exp(total_nll / total_tokens)

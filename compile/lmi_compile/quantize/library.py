@@ -1,7 +1,7 @@
 """The one door to llm-compressor: a heavy import, done only when a stage needs it.
 
-Also keeps the library quiet (it logs to stdout through loguru and draws tqdm bars; we show our
-own progress) and works around its one CPU-only failure (see `cpu_safe`).
+Also keeps the library quiet (it logs to stdout through loguru and draws tqdm bars), passing its
+progress on to ours instead, and works around its one CPU-only failure (see `cpu_safe`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from types import SimpleNamespace
 
@@ -51,25 +51,38 @@ def versions() -> dict[str, str]:
     return found
 
 
+OnStep = Callable[[str, int, int | None], None]  # (bar description, items done, items in all)
+
+
 @contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence the tqdm bars of transformers, llm-compressor and compressed-tensors (the stage
-    draws its own progress) and their save-time warnings about offloaded modules."""
+def quiet(on_step: OnStep | None = None) -> Iterator[None]:
+    """Silence the tqdm bars of transformers, llm-compressor and compressed-tensors and their
+    save-time warnings about offloaded modules; each item a silenced bar iterates over is
+    reported to `on_step` instead (llm-compressor's "(3/31): Calibrating" over samples, ...)."""
     import tqdm
 
-    original_init = tqdm.tqdm.__init__
+    original_init, original_iter = tqdm.tqdm.__init__, tqdm.tqdm.__iter__
 
-    def silent_init(self, *args, **kwargs):
+    def silent_init(self, iterable=None, desc=None, total=None, *args, **kwargs):
         kwargs["disable"] = True  # callers pass disable= themselves, so a default is not enough
-        original_init(self, *args, **kwargs)
+        original_init(self, iterable, desc, total, *args, **kwargs)
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self._lmi_desc, self._lmi_total = desc or "", total
 
-    tqdm.tqdm.__init__ = silent_init
+    def reporting_iter(self):
+        for done, item in enumerate(original_iter(self), start=1):
+            yield item
+            if on_step is not None:  # after the caller's work on `item`
+                on_step(getattr(self, "_lmi_desc", ""), done, getattr(self, "_lmi_total", None))
+
+    tqdm.tqdm.__init__, tqdm.tqdm.__iter__ = silent_init, reporting_iter
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
             yield
     finally:
-        tqdm.tqdm.__init__ = original_init
+        tqdm.tqdm.__init__, tqdm.tqdm.__iter__ = original_init, original_iter
 
 
 @contextlib.contextmanager

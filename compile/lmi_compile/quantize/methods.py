@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,11 +89,11 @@ def apply(
     settings: Settings,
     samples: list[list[int]] | None,
     tokenizer=None,
-    on_layer: Callable[[int], None] | None = None,
 ) -> None:
     """Quantize `model` in place (weights stay fake-quantized until `save_pretrained`
     writes compressed-tensors). `samples` are already tokenized, but llm-compressor insists on
-    a tokenizer whenever data is given. `on_layer(i)` is called as decoder layer i starts."""
+    a tokenizer whenever data is given. Progress comes from llm-compressor's own bars
+    (see `library.quiet`)."""
     lc = llmcompressor()
     kwargs: dict = {}
     if settings.method in CALIBRATED:
@@ -111,28 +110,6 @@ def apply(
             shuffle_calibration_samples=False,
             processor=tokenizer,
         )
-    hooks = _layer_hooks(model, on_layer) if on_layer else []
-    try:
-        with cpu_safe():
-            lc.oneshot(model=model, recipe=recipe(settings), **kwargs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with cpu_safe():
+        lc.oneshot(model=model, recipe=recipe(settings), **kwargs)
 
-
-def _layer_hooks(model: torch.nn.Module, on_layer: Callable[[int], None]) -> list:
-    """The sequential pipeline calibrates one decoder layer at a time: report each start."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None:
-        return []
-    seen: set[int] = set()
-
-    def hook_for(index: int):
-        def pre_hook(module, args):
-            if index not in seen:
-                seen.add(index)
-                on_layer(index)
-
-        return pre_hook
-
-    return [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]

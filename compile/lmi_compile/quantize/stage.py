@@ -7,18 +7,16 @@ the quality gate passes, so a failed or rejected run leaves nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from lmi_runtime.errors import ConfigError, ModelFolderError, QualityGateError
-from lmi_compile.quantize import corpora, evaluate, groups, methods
+from lmi_runtime.progress import Progress, Task, progress
+from lmi_compile.quantize import corpora, defaults, evaluate, groups, methods
 from lmi_compile.quantize.library import quiet, versions
 from lmi_compile.quantize.report import Perplexity, QuantReport, TextUse, peak_memory
 from lmi_compile.recipe import QuantizeSpec
@@ -45,17 +43,19 @@ def quantize(
     device: str = "cpu",
     show_progress: bool = True,
 ) -> QuantResult:
-    """Quantize the Hugging Face folder `model_dir` into `out_dir` (which must not hold files)."""
+    """Quantize the Hugging Face folder `model_dir` into `out_dir` (which must not hold files).
+    Sizes the recipe left unset are chosen for `device` (see `defaults`)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_inputs(model_dir, out_dir, device)
+    spec, _ = defaults.resolve(spec, device)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        with _progress(show_progress) as progress, quiet():
+        with progress(show_progress) as shown, quiet():
             if spec.method == "none":
                 report = _copy_through(model_dir, tmp, device)
             else:
-                report = _quantize(model_dir, spec, tmp, device, progress)
+                report = _quantize(model_dir, spec, tmp, device, shown)
         report.save(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # checked empty above
@@ -101,7 +101,7 @@ def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[method
     return settings, note
 
 
-def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, progress: Progress) -> QuantReport:
+def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, shown: Progress) -> QuantReport:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,30 +117,30 @@ def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, progr
     windows = evaluate.eval_windows(corpora.token_stream(tokenizer, texts.evaluation), qual.seq_len, qual.max_tokens)
 
     eval_start = time.perf_counter()
-    original = _perplexity(model, windows, device, progress, "perplexity, original")
+    original = _perplexity(model, windows, device, shown, "perplexity, original", qual.batch_size)
     eval_time = time.perf_counter() - eval_start
 
     if device.startswith("cuda"):
         model.to("cpu")  # llm-compressor onloads one layer at a time to the accelerator
         torch.cuda.reset_peak_memory_stats()
-    layers = getattr(model.config, "num_hidden_layers", None)
-    task = progress.add_task(f"quantize {settings.method}", total=layers)
+    layers = _LayerProgress(shown, f"quantize {settings.method}")
     start = time.perf_counter()
-    methods.apply(model, settings, samples, tokenizer, on_layer=lambda i: progress.update(task, completed=i + 1))
+    with quiet(on_step=layers.step):  # inside the stage's quiet(): adds the listener
+        methods.apply(model, settings, samples, tokenizer)
     wall = time.perf_counter() - start
-    progress.update(task, completed=layers)
+    layers.task.done()
     memory = peak_memory(device)
 
-    save = progress.add_task("save", total=None)
+    save = shown.task("save")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    progress.update(save, total=1, completed=1)
+    save.done()
     del model
 
     # Score what was written, as a user will load it, not the in-memory model.
     eval_start = time.perf_counter()
     reloaded = _load(tmp, device, AutoModelForCausalLM, torch)
-    quantized = _perplexity(reloaded, windows, device, progress, "perplexity, quantized")
+    quantized = _perplexity(reloaded, windows, device, shown, "perplexity, quantized", qual.batch_size)
     eval_time += time.perf_counter() - eval_start
 
     increase = (quantized - original) / original
@@ -210,9 +210,29 @@ def _load(folder: Path, device: str, auto_cls, torch):
     return model.to(device).eval()
 
 
-def _perplexity(model, windows, device: str, progress: Progress, label: str) -> float:
-    task = progress.add_task(label, total=len(windows))
-    return evaluate.perplexity(model, windows, device, on_window=lambda: progress.advance(task))
+def _perplexity(model, windows, device: str, shown: Progress, label: str, batch_size: int) -> float:
+    task = shown.task(f"{label} (windows)", total=len(windows))
+    return evaluate.perplexity(model, windows, device, batch_size, on_windows=task.advance)
+
+
+class _LayerProgress:
+    """llm-compressor's own bars, as one task: decoder layers (its sequential subgraphs) done of
+    all, with the current layer's calibration samples (or AWQ grid search) as the note."""
+
+    SUBGRAPH = re.compile(r"\((\d+)/(\d+)\): (\w+)")
+
+    def __init__(self, shown: Progress, label: str):
+        self.task: Task = shown.task(label, total=None)
+        self.layer = ""
+
+    def step(self, desc: str, done: int, total: int | None) -> None:
+        found = self.SUBGRAPH.match(desc)
+        if found:
+            index, count, what = int(found[1]), int(found[2]), found[3].lower()
+            self.layer = f"layer {index}/{count}"
+            self.task.update(completed=index - 1, total=count, note=f"{self.layer}: {what} sample {done}/{total}")
+        elif desc:
+            self.task.update(note=f"{self.layer}: {desc} {done}/{total or '?'}".lstrip(": "))
 
 
 def _check_inputs(model_dir: Path, out_dir: Path, device: str) -> None:
@@ -232,18 +252,3 @@ def _check_inputs(model_dir: Path, out_dir: Path, device: str) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for, but no CUDA GPU is visible", hint="use --device cpu")
-
-
-@contextmanager
-def _progress(enabled: bool):
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-    with progress:
-        yield progress

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from lmi_runtime.artifact.manifest import TargetInfo, rank_group
+from lmi_runtime.checksums import progress_bar
 from lmi_runtime.errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -51,8 +52,9 @@ def build(model_dir: Path, out_dir: Path, *, tp_degree: int) -> None:
         )
     weights = out_dir / rank_group(0)
     weights.mkdir(parents=True, exist_ok=True)
-    for item in sorted(model_dir.iterdir()):
-        if item.is_dir() or item.name.startswith("."):
-            continue
-        is_weight = item.name.endswith(WEIGHT_SUFFIXES) or item.name == WEIGHT_INDEX
-        shutil.copy2(item, (weights if is_weight else out_dir) / item.name)
+    items = [item for item in sorted(model_dir.iterdir()) if not item.is_dir() and not item.name.startswith(".")]
+    with progress_bar(f"compile torch: {len(items)} files", sum(item.stat().st_size for item in items)) as advance:
+        for item in items:
+            is_weight = item.name.endswith(WEIGHT_SUFFIXES) or item.name == WEIGHT_INDEX
+            shutil.copy2(item, (weights if is_weight else out_dir) / item.name)
+            advance(item.stat().st_size)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from lmi_runtime.checksums import hash_files
+from lmi_runtime.checksums import hash_files, progress_bar
 from lmi_runtime.errors import StorageError
 from lmi_runtime.safepath import safe_join
 from lmi_runtime.storage.base import Absent, ObjectInfo, Stopwatch, Storage, Transfer, TransferReport
@@ -49,13 +49,15 @@ class LocalStorage(Storage):
 
     def _copy(self, moves: list[tuple[Path, Path, Transfer]]) -> TransferReport:
         report = TransferReport("local")
-        with Stopwatch() as watch:
+        total = sum(t.size for _, _, t in moves)
+        with Stopwatch() as watch, progress_bar(f"copying {len(moves)} files", total) as advance:
             for src, dst, transfer in moves:
                 if not src.is_file():
                     raise StorageError(f"{src} does not exist", hint="was the source changed during the transfer?")
                 atomic_write(dst, lambda handle, src=src: _copy_into(src, handle))
                 report.keys.append(transfer.key)
                 report.bytes += transfer.size
+                advance(transfer.size)
         report.seconds = watch.seconds
         return report
 

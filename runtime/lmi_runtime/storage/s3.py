@@ -193,7 +193,7 @@ class S3Storage(Storage):
     def _transfer(self, transfers: list[Transfer], upload: bool) -> TransferReport:
         action = "uploading" if upload else "downloading"
         total = sum(t.size for t in transfers)
-        with Stopwatch() as watch, progress_bar(action, total) as advance:
+        with Stopwatch() as watch, progress_bar(f"{action} {len(transfers)} objects", total) as advance:
             report, failures = (self._s5cmd if self.s5cmd else self._boto3)(transfers, upload, advance)
         report.seconds = watch.seconds
         if failures:
