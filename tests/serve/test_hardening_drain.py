@@ -33,7 +33,7 @@ def test_sigterm_drains_then_fails_the_rest_and_exits_0(smollm2_dir, python, cli
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     cmd = [python, "-m", "lmi_runtime", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port),
-           "--drain-seconds", "10", "--max-batch-size", "12", "--max-concurrent-requests", "64"]
+           "--drain-seconds", "20", "--max-batch-size", "12", "--max-concurrent-requests", "64"]
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, env=cli_env, stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -61,7 +61,7 @@ def test_sigterm_drains_then_fails_the_rest_and_exits_0(smollm2_dir, python, cli
         for thread in threads:
             thread.join(timeout=60)
         assert proc.wait(timeout=30) == 0, log.read_text()[-3000:]
-        assert time.monotonic() - signalled < 30  # the 10 s deadline, then the final events (a busy CPU adds)
+        assert time.monotonic() - signalled < 50  # the 20 s deadline, then the final events (a busy CPU adds)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -44,7 +44,7 @@ def test_trtllm_checkpoint_mode_builds_the_artifact_and_records_the_target(pytho
     assert options == trtllm.llm_api_options(plan_recipe(recipe))
     assert options["max_batch_size"] == 8 and options["tensor_parallel_size"] == 1
 
-    served = subprocess.run([python, "-m", "lmi_runtime", str(out), "--port", "0"], env=cli_env,
+    served = subprocess.run([python, "-m", "lmi_runtime", str(out), "--port", "18431"], env=cli_env,
                             capture_output=True, text=True, timeout=120)
     said = " ".join(served.stderr.split())
     assert served.returncode == 2, said

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from pydantic_core import PydanticCustomError
 
 RollingBatch = Literal["auto", "torch", "trtllm", "neuron", "disable"]
-QuantizeMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8"]
+QuantizeMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 Engine = Literal["Python", "MPI", "DeepSpeed", "FasterTransformer"]
 

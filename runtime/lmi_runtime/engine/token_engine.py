@@ -12,6 +12,7 @@ import torch
 from lmi_runtime.backends.base import ModelInfo
 from lmi_runtime.engine.engine import LLMEngine
 from lmi_runtime.engine.request import FinishReason, Sequence
+from lmi_runtime.engine.sampler import Pick
 
 
 class TokenStep(NamedTuple):
@@ -58,7 +59,7 @@ class TokenEngine(LLMEngine):
         self.metrics.batch.observe(len(running))
         for step in self.backend.poll(running):
             if step.seq.seq_id in self._active and step.token is not None:
-                self._append(step.seq, step.token, step.logprob)
+                self._append(step.seq, Pick(step.token, step.logprob, None))
             if step.done and step.seq.seq_id in self._active:
                 state = self._active[step.seq.seq_id]
                 released, _ = state.stopper.feed(state.detok.flush())

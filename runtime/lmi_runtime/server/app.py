@@ -37,7 +37,8 @@ class RequestCounter:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = {"code": 500, "started": False, "done": False}
+        # no response at all means the client left first (e.g. during the body read): a 499
+        status = {"code": CLIENT_CLOSED, "started": False, "done": False}
 
         async def record(message):
             if message["type"] == "http.response.start":
