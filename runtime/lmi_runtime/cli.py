@@ -45,6 +45,7 @@ def serve(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     backend: Optional[str] = typer.Option(None, help="auto | torch | transformers."),
     kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: what GPU memory leaves; 2 on CPU)."),
+    enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="No compiled layers or CUDA graphs: a faster start, a slower decode (env OPTION_ENFORCE_EAGER)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
@@ -67,6 +68,7 @@ def serve(
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
+        "enforce_eager": enforce_eager,
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening
     state = ServerState(strict_params=strict_params)

@@ -53,6 +53,8 @@ def tgi_compat(env: Mapping[str, str] | None = None, model_dir: Path | None = No
     properties = model_dir / "serving.properties" if model_dir is not None else None
     config = load_serving_config(env, properties if properties is not None and properties.is_file() else None)
     return config.options.get("tgi_compat", "false").strip().lower() == "true"
+
+
 def _check_model_len(wanted: int, model_dir: Path) -> None:
     """max_model_len (flag, OPTION_MAX_MODEL_LEN or option.n_positions) within what the model was trained for."""
     from lmi_runtime.modelfolder import read_config_file
