@@ -166,6 +166,21 @@ def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, b
 if triton is not None:
 
     @triton.jit
+    def _tile_rows(tile, tile_seq, tile_start, q_lens, q_starts,
+                   G: tl.constexpr, GP: tl.constexpr, BLOCK_Q: tl.constexpr, ROWS: tl.constexpr):
+        """A tile's rows: BLOCK_Q tokens x GP heads (GP >= G, padded to a power of two), at
+        least 16 for tl.dot; each row's token (within the sequence's new ones), head, validity."""
+        seq = tl.load(tile_seq + tile)
+        first = tl.load(tile_start + tile)
+        q_len = tl.load(q_lens + seq)
+        q_start = tl.load(q_starts + seq)
+        row = tl.arange(0, ROWS)
+        tok = first + row // GP
+        head = row % GP
+        valid = (head < G) & (tok < q_len) & (row < BLOCK_Q * GP)
+        return seq, first, q_len, q_start, row, tok, head, valid
+
+    @triton.jit
     def _paged_attention_kernel(
         Q, K, V, O, K_NEW, V_NEW, NEW_SLOTS, PART, PART_ML,
         block_tables, ctx_lens, q_starts, q_lens, tile_seq, tile_start,
@@ -179,17 +194,9 @@ if triton is not None:
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
-        seq = tl.load(tile_seq + tile)
-        first = tl.load(tile_start + tile)
+        seq, first, q_len, q_start, row, tok, head, valid = _tile_rows(
+            tile, tile_seq, tile_start, q_lens, q_starts, G, GP, BLOCK_Q, ROWS)
         ctx = tl.load(ctx_lens + seq)
-        q_len = tl.load(q_lens + seq)
-        q_start = tl.load(q_starts + seq)
-
-        # rows: BLOCK_Q tokens x GP heads (GP >= G, padded to a power of two), at least 16 for tl.dot
-        row = tl.arange(0, ROWS)
-        tok = first + row // GP
-        head = row % GP
-        valid = (head < G) & (tok < q_len) & (row < BLOCK_Q * GP)
         pos = ctx - q_len + tok  # absolute position of each row's token
         d = tl.arange(0, D)
 
@@ -247,14 +254,8 @@ if triton is not None:
     ):
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
-        seq = tl.load(tile_seq + tile)
-        first = tl.load(tile_start + tile)
-        q_len = tl.load(q_lens + seq)
-        q_start = tl.load(q_starts + seq)
-        row = tl.arange(0, ROWS)
-        tok = first + row // GP
-        head = row % GP
-        valid = (head < G) & (tok < q_len) & (row < BLOCK_Q * GP)
+        seq, first, q_len, q_start, row, tok, head, valid = _tile_rows(
+            tile, tile_seq, tile_start, q_lens, q_starts, G, GP, BLOCK_Q, ROWS)
         d = tl.arange(0, D)
         ml_stride = tl.num_programs(0) * tl.num_programs(1) * SPLITS * ROWS
         base = (tile * tl.num_programs(1) + kv_head) * SPLITS * ROWS
