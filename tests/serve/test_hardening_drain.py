@@ -20,7 +20,9 @@ from served import free_port
 
 
 def _stream(url: str, tokens: int, out: list, index: int) -> None:
-    body = {"inputs": f"Story number {index}: once upon a time", "parameters": {"max_new_tokens": tokens}, "stream": True}
+    # ignore_eos_token: a long request must still be running at the deadline, not end early by EOS
+    body = {"inputs": f"Story number {index}: once upon a time", "stream": True,
+            "parameters": {"max_new_tokens": tokens, "ignore_eos_token": True}}
     try:
         with httpx.stream("POST", f"{url}/invocations", json=body, timeout=120) as res:
             lines = [json.loads(line) for line in res.iter_lines() if line.strip()]
