@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from lmi_runtime.cli_support import stderr, user_errors
-from lmi_runtime.errors import LmiError
+from lmi_runtime.errors import ConfigError, LmiError
 from lmi_runtime.locate import resolve_location
 from lmi_runtime.serve_options import engine_config, tgi_compat
 
@@ -37,6 +37,7 @@ def serve(
     backend: Optional[str] = typer.Option(None, help="auto | torch | transformers."),
     kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: what GPU memory leaves; 2 on CPU)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
+    tensor_parallel_degree: Optional[str] = typer.Option(None, envvar="TENSOR_PARALLEL_DEGREE", help="Ranks to run; must match the artifact's split ('max' or unset: the artifact's)."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
     strict_params: bool = typer.Option(False, "--strict-params", help="Refuse unknown fields on the OpenAI routes too (400)."),
@@ -53,6 +54,7 @@ def serve(
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
+        "tensor_parallel_degree": _degree(tensor_parallel_degree),
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening
     state = ServerState(strict_params=strict_params)
@@ -76,6 +78,14 @@ def serve(
         state.engine.shutdown()
     if failure:
         raise failure[0]
+
+
+def _degree(value: str | None) -> int | None:
+    if value is None or value.strip().lower() == "max":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"tensor parallel degree {value!r} is not valid", hint="use a whole number ≥ 1 or 'max'")
+    return int(value)
 
 
 def main() -> None:

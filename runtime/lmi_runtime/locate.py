@@ -106,15 +106,16 @@ def _download(uri: str, env: dict[str, str]) -> Path:
     return dest
 
 
-def inspect_folder(path: Path) -> ModelFiles:
-    """Find config, tokenizer and weights; check an artifact's manifest against this runtime."""
+def inspect_folder(path: Path, rank: int = 0) -> ModelFiles:
+    """Find config, tokenizer and weights (a tensor-parallel rank's own shard); check an
+    artifact's manifest against this runtime."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file():
-        return _artifact_files(path)
+        return _artifact_files(path, rank)
     return ModelFiles(path, _safetensors_in(path))
 
 
-def _artifact_files(root: Path) -> ModelFiles:
+def _artifact_files(root: Path, rank: int = 0) -> ModelFiles:
     manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
     target = manifest.target
     if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout and toolchain check
@@ -128,21 +129,20 @@ def _artifact_files(root: Path) -> ModelFiles:
             hint=f"serve it with the {target.backend} image, or compile for target torch",
         )
     _check_hardware(target.hardware)
-    if target.tp_degree != 1 or target.pp_degree != 1:
+    if target.pp_degree != 1:
         raise ArtifactError(
-            f"this artifact is split for TP={target.tp_degree}, PP={target.pp_degree}; "
-            "the torch backend of lmi-serve runs one rank",
-            hint="compile with tensor_parallel_degree 1 for this runtime",
+            f"this artifact is split for PP={target.pp_degree}; the torch backend of lmi-serve has no pipeline parallelism",
+            hint="compile with pipeline_parallel_degree 1 for this runtime",
         )
-    _check_sizes(root, manifest)
-    weights = sorted(root / e.path for e in manifest.group_for_rank(0) if e.path.endswith(".safetensors"))
+    _check_sizes(root, manifest, rank)
+    weights = sorted(root / e.path for e in manifest.group_for_rank(rank) if e.path.endswith(".safetensors"))
     if not weights:
-        weights = _safetensors_in(root / "rank0" if (root / "rank0").is_dir() else root)
+        weights = _safetensors_in(root / f"rank{rank}" if (root / f"rank{rank}").is_dir() else root)
     return ModelFiles(root, weights, manifest)
 
 
-def _check_sizes(root: Path, manifest: Manifest) -> None:
-    for entry in manifest.group_for_rank(0):
+def _check_sizes(root: Path, manifest: Manifest, rank: int = 0) -> None:
+    for entry in manifest.group_for_rank(rank):
         file = root / entry.path
         if not file.is_file() or file.stat().st_size != entry.size:
             raise ArtifactError(
