@@ -112,6 +112,7 @@ JOINS = [0, 0, 2, 5]  # the last two join a running batch
 
 @pytest.mark.parametrize("model, tp", [("tiny", 2), ("smollm2", 3)])
 def test_tp_greedy_tokens_equal_one_rank(model, tp, tiny_dir, tiny_tp2, smollm2_dir, tmp_path, capfd):
+    """~35 s for the bundled model: three ranks (three processes loading torch) share two cores."""
     folder = tiny_dir if model == "tiny" else smollm2_dir
     artifact = tiny_tp2 if model == "tiny" else tp_artifact(smollm2_dir, tmp_path / "tp3", 3)
     one = load_backend(inspect_folder(folder), EngineConfig(max_batch_size=4))
@@ -143,6 +144,11 @@ def test_a_dead_worker_fails_the_next_step_clearly(tiny_tp2):
             backend.score([1, 2, 3])
     finally:
         backend.tp.close()
+
+
+def test_a_degree_that_does_not_match_the_artifact_is_refused(tiny_tp2):
+    with pytest.raises(ConfigError, match="degree 4 was asked for, but the artifact is split for 2"):
+        load_backend(inspect_folder(tiny_tp2), EngineConfig(tensor_parallel_degree=4))
 
 
 def test_lmi_serve_answers_on_a_tp_artifact(tiny_tp2, python, cli_env, tmp_path):
