@@ -42,6 +42,9 @@ def tiny_dir(tmp_path_factory, smollm2_dir) -> Path:
     model = LlamaForCausalLM(config)
     with torch.no_grad():  # sharper logits than the 0.02 init, so greedy picks are well separated
         model.lm_head.weight.mul_(20)
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # initialized to zeros: make a wrong split of them visible
+                param.normal_(std=0.02)
     model.save_pretrained(out, safe_serialization=True)
     for file in smollm2_dir.iterdir():
         if file.name.startswith(("tokenizer", "special_tokens")):
