@@ -3,7 +3,8 @@
 `lmi-serve [ARTIFACT]` takes a local folder (a plain Hugging Face folder, or an artifact root
 with `lmi-artifact.json` whose weights sit under `rank0/` while config and tokenizer are at the
 root) or an `s3://` artifact, downloaded through the storage layer (rank 0's files and the
-shared ones, each checked against the manifest) into `LMI_SERVE_CACHE` (default
+shared ones, and for a tensor-parallel artifact every other rank's shard for its worker
+process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
 ~/.cache/lmi-serve). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
 serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
 """
@@ -102,7 +103,9 @@ def _download(uri: str, env: dict[str, str]) -> Path:
 
     root = Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
     dest = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
+    manifest = download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
+    for rank in range(1, manifest.target.tp_degree if manifest.target.backend in SERVABLE_TARGETS else 1):
+        download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env())  # the workers' own shards
     return dest
 
 

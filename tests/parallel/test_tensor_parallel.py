@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmi_compile.stages.publish import publish
 from lmi_compile.targets import torch_target
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
 from lmi_runtime.artifact.manifest import ModelInfo
@@ -154,9 +155,13 @@ def test_a_degree_that_does_not_match_the_artifact_is_refused(tiny_tp2):
         load_backend(inspect_folder(tiny_tp2), EngineConfig(tensor_parallel_degree=4))
 
 
-def test_lmi_serve_answers_on_a_tp_artifact(tiny_tp2, python, cli_env, tmp_path):
+def test_lmi_serve_answers_on_a_tp_artifact_from_s3(tiny_tp2, python, cli_env, s3_env, bucket, tmp_path):
+    """Published, downloaded (every rank's shard on this host), served by two processes."""
+    uri = f"s3://{bucket}/tp2"
+    publish(tiny_tp2, uri)
     log = tmp_path / "serve.log"
-    with lmi_serve(python, str(tiny_tp2), cli_env, log, timeout=90) as url:
+    env = cli_env | s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "serve-cache")}
+    with lmi_serve(python, uri, env, log, timeout=90) as url:
         reply = httpx.post(f"{url}/invocations", json={"inputs": "The sea is", "parameters": {"max_new_tokens": 6}},
                            timeout=60)
         assert reply.status_code == 200, reply.text
