@@ -24,6 +24,7 @@ import atexit
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -173,8 +174,7 @@ class Leader:
     def replay(self, graphs: "DecodeGraphs", size: int) -> None:
         self._announce(REPLAY)
         _broadcast([torch.tensor([size])], self.group.device)
-        for buffer in (graphs.tokens, graphs.tables, graphs.ctx_lens):
-            dist.broadcast(buffer, src=0)
+        _broadcast_graph_inputs(graphs)
 
     def fork(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         self._announce(FORK)
@@ -227,6 +227,12 @@ def _broadcast(tensors: list[torch.Tensor] | None, device: torch.device) -> list
     return out
 
 
+def _broadcast_graph_inputs(graphs: "DecodeGraphs") -> None:
+    """Rank 0's static decode-graph inputs (padding rows included) into every rank's own."""
+    for buffer in (graphs.tokens, graphs.tables, graphs.ctx_lens):
+        dist.broadcast(buffer, src=0)
+
+
 def serve_worker(backend: "TorchLlamaBackend", rank: int, commands: IO[bytes]) -> None:
     """A worker's loop: one message per line from rank 0 until STOP or the pipe closes."""
     model, kv, device = backend.model, backend.kv, backend.device
@@ -238,10 +244,8 @@ def serve_worker(backend: "TorchLlamaBackend", rank: int, commands: IO[bytes]) -
             model(_step_from(_broadcast(None, device)), kv.pool, kv.block_size)
         elif kind == REPLAY:
             (size,) = _broadcast(None, device)
-            graphs = backend.graphs
-            for buffer in (graphs.tokens, graphs.tables, graphs.ctx_lens):
-                dist.broadcast(buffer, src=0)
-            graphs.graphs[int(size.item())][0].replay()
+            _broadcast_graph_inputs(backend.graphs)
+            backend.graphs.graphs[int(size.item())][0].replay()
         elif kind == FORK:
             src, dst = _broadcast(None, device)
             kv.pool[:, :, dst] = kv.pool[:, :, src]
@@ -255,6 +259,7 @@ def worker_main() -> None:
     from lmi_runtime.locate import inspect_folder
 
     rank = int(os.environ["LMI_TP_RANK"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches rank 0, which stops the workers
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
     config = EngineConfig(**json.loads(os.environ["LMI_TP_CONFIG"]))
     backend = load_backend(inspect_folder(Path(os.environ["LMI_TP_ROOT"]), rank), config, rank=rank)
