@@ -116,7 +116,7 @@ JOINS = [0, 0, 2, 5]  # the last two join a running batch
 
 @pytest.mark.parametrize("model, tp", [("tiny", 2), ("smollm2", 3)])
 def test_tp_greedy_tokens_equal_one_rank(model, tp, tiny_dir, tiny_tp2, smollm2_dir, tmp_path, capfd):
-    """~35 s for the bundled model: three ranks (three processes loading torch) share two cores."""
+    """~45 s for the bundled model on 2 busy cores: TP=1, then three rank processes each loading torch."""
     folder = tiny_dir if model == "tiny" else smollm2_dir
     artifact = tiny_tp2 if model == "tiny" else tp_artifact(smollm2_dir, tmp_path / "tp3", 3)
     one = load_backend(inspect_folder(folder), EngineConfig(max_batch_size=4))

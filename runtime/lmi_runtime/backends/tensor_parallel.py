@@ -65,6 +65,7 @@ class RankGroup:
     rank: int
     world: int
     device: torch.device
+    threads: int = 1  # CPU threads before joining, given back on close
     workers: list[subprocess.Popen] = field(default_factory=list)  # rank 0 only
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,9 @@ def join(files: "ModelFiles", config: "EngineConfig", rank: int, device: torch.d
                               hint="serve it on a machine with as many GPUs, or compile for fewer")
         device = torch.device("cuda", rank)
         torch.cuda.set_device(device)
-    group = RankGroup(rank, world, device)
+    group = RankGroup(rank, world, device, threads=torch.get_num_threads())
+    if device.type == "cpu":  # the ranks share the host's cores: oversubscribed threads stalled each step 7x
+        torch.set_num_threads(max(1, group.threads // world))
     timeout = timedelta(seconds=float(os.environ.get("LMI_TP_TIMEOUT_S", "600")))
     if rank == 0:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timeout, wait_for_workers=False)
@@ -156,6 +159,7 @@ def close(group: RankGroup) -> None:
     group.workers = []
     if dist.is_initialized():
         dist.destroy_process_group()
+    torch.set_num_threads(group.threads)
 
 
 class Leader:
