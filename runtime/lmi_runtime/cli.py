@@ -22,7 +22,7 @@ from lmi_runtime.startup_log import configure_logging, quiet_environment
 quiet_environment()  # before anything imports tqdm (it reads TQDM_DISABLE at import time)
 
 from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors  # noqa: E402
-from lmi_runtime.errors import LmiError, debug_enabled  # noqa: E402
+from lmi_runtime.errors import ConfigError, LmiError, debug_enabled  # noqa: E402
 from lmi_runtime.locate import resolve_location  # noqa: E402
 from lmi_runtime.serve_options import engine_config, tgi_compat  # noqa: E402
 
@@ -47,6 +47,7 @@ def serve(
     kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: what GPU memory leaves; 2 on CPU)."),
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="No compiled layers or CUDA graphs: a faster start, a slower decode (env OPTION_ENFORCE_EAGER)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
+    tensor_parallel_degree: Optional[str] = typer.Option(None, envvar="TENSOR_PARALLEL_DEGREE", help="Ranks to run; must match the artifact's split ('max' or unset: the artifact's)."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
     strict_params: bool = typer.Option(False, "--strict-params", help="Refuse unknown fields on the OpenAI routes too (400)."),
@@ -69,6 +70,7 @@ def serve(
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
         "enforce_eager": enforce_eager,
+        "tensor_parallel_degree": _degree(tensor_parallel_degree),
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening
     state = ServerState(strict_params=strict_params)
@@ -143,6 +145,14 @@ class DrainingServer:
             log.warning("drain deadline reached: %d request(s) ended with an error event", failed)
         threading.Event().wait(0.5)  # let the handlers write those final events
         self.server.should_exit = True
+
+
+def _degree(value: str | None) -> int | None:
+    if value is None or value.strip().lower() == "max":
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ConfigError(f"tensor parallel degree {value!r} is not valid", hint="use a whole number ≥ 1 or 'max'")
+    return int(value)
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
 `lmi-serve [ARTIFACT]` takes a local folder (a plain Hugging Face folder, or an artifact root
 with `lmi-artifact.json` whose weights sit under `rank0/` while config and tokenizer are at the
 root) or an `s3://` artifact, downloaded through the storage layer (rank 0's files and the
-shared ones, each checked against the manifest) into `LMI_SERVE_CACHE` (default
+shared ones, and for a tensor-parallel artifact every other rank's shard for its worker
+process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
 ~/.cache/lmi-serve). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
 serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
 
@@ -120,7 +121,9 @@ def _download(uri: str, env: dict[str, str]) -> Path:
     from lmi_runtime.storage.s3 import S3Options
 
     dest = serve_cache_root(env) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
+    manifest = download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
+    for rank in range(1, manifest.target.tp_degree if manifest.target.backend in SERVABLE_TARGETS else 1):
+        download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env())  # the workers' own shards
     return dest
 
 
@@ -129,12 +132,13 @@ def serve_cache_root(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
 
 
-def inspect_folder(path: Path, verify: bool = True) -> ModelFiles:
-    """Find config, tokenizer and weights; check an artifact's manifest against this runtime
-    and its files against the manifest (sha256 skipped with `verify=False`)."""
+def inspect_folder(path: Path, verify: bool = True, rank: int = 0) -> ModelFiles:
+    """Find config, tokenizer and weights (a tensor-parallel rank's own shard); check an
+    artifact's manifest against this runtime and its files against the manifest (sha256
+    skipped with `verify=False`)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify)
+        files = _artifact_files(path, verify, rank)
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
@@ -154,7 +158,7 @@ def _refuse_links_out(root: Path, files: ModelFiles) -> None:
         safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
 
 
-def _artifact_files(root: Path, verify: bool = True) -> ModelFiles:
+def _artifact_files(root: Path, verify: bool = True, rank: int = 0) -> ModelFiles:
     manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
     target = manifest.target
     if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout and toolchain check
@@ -169,13 +173,12 @@ def _artifact_files(root: Path, verify: bool = True) -> ModelFiles:
             hint=f"serve it with the {target.backend} image, or compile for target torch",
         )
     _check_hardware(target.hardware)
-    if target.tp_degree != 1 or target.pp_degree != 1:
+    if target.pp_degree != 1:
         raise ArtifactError(
-            f"this artifact is split for TP={target.tp_degree}, PP={target.pp_degree}; "
-            "the torch backend of lmi-serve runs one rank",
-            hint="compile with tensor_parallel_degree 1 for this runtime",
+            f"this artifact is split for PP={target.pp_degree}; the torch backend of lmi-serve has no pipeline parallelism",
+            hint="compile with pipeline_parallel_degree 1 for this runtime",
         )
-    entries = manifest.group_for_rank(0)
+    entries = manifest.group_for_rank(rank)
     weight_entries = [e for e in entries if e.path.endswith(".safetensors")]
     small = [e for e in entries if not e.path.endswith(".safetensors")]
     cache = HashCache(serve_cache_root() / "verified-digests.json")
@@ -185,7 +188,8 @@ def _artifact_files(root: Path, verify: bool = True) -> ModelFiles:
     verify_folder(root, manifest, weight_entries, hash_digests=False)
     weights = sorted(root / e.path for e in weight_entries)
     if not weights:
-        raise ArtifactError(f"the manifest of {root} lists no safetensors weights for rank 0", hint="rebuild the artifact")
+        raise ArtifactError(f"the manifest of {root} lists no safetensors weights for rank {rank}",
+                            hint="rebuild the artifact")
     files = ModelFiles(root, weights, manifest)
     if verify:
         pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")

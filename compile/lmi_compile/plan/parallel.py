@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lmi_runtime.backends.tp_sharding import splits_heads
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.modelspec import ModelSpec
 
@@ -11,8 +12,7 @@ from lmi_runtime.modelspec import ModelSpec
 def valid_tp_degrees(spec: ModelSpec, limit: int) -> list[int]:
     """Degrees ≤ limit that split the attention heads evenly and either split the KV heads
     evenly or are a multiple of them (then each KV head is replicated on tp / kv_heads ranks)."""
-    heads, kv = spec.num_heads, spec.num_kv_heads
-    return [t for t in range(1, limit + 1) if heads % t == 0 and (kv % t == 0 or t % kv == 0)]
+    return [t for t in range(1, limit + 1) if splits_heads(spec.num_heads, spec.num_kv_heads, t)]
 
 
 def heads_text(spec: ModelSpec) -> str:

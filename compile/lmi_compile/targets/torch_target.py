@@ -1,16 +1,20 @@
-"""The portable `torch` target: safetensors weights under `rank0/`, everything else
+"""The portable `torch` target: safetensors weights under `rank{r}/`, everything else
 (config, tokenizer, quantization report) shared at the root.
 
-The torch runtime serves a single rank today, so tensor parallelism above 1 is refused
-with a clear error instead of writing shards nothing can load.
+With tp_degree 1 the checkpoint is copied as is into `rank0/`. Above 1 it is pre-split here,
+once, following `lmi_runtime.backends.tp_sharding` (the rule the runtime builds each rank's
+model by): `rank{r}/model.safetensors` keeps Hugging Face tensor names with sharded shapes,
+so each serving rank reads only its own shard.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from lmi_runtime.artifact.manifest import TargetInfo, rank_group
+from lmi_runtime.backends.tp_sharding import check_degree, shard_tensor
 from lmi_runtime.checksums import progress_bar
 from lmi_runtime.errors import ConfigError
 
@@ -43,13 +47,10 @@ def describe(tp_degree: int, dtype: str) -> TargetInfo:
 
 
 def build(model_dir: Path, out_dir: Path, *, tp_degree: int) -> None:
-    """Copy `model_dir` into `out_dir` in the per-rank layout."""
+    """Write `model_dir` into `out_dir` in the per-rank layout."""
     if tp_degree != 1:
-        raise ConfigError(
-            f"the torch target serves one rank, but tp_degree is {tp_degree}",
-            hint="set target.tp_degree: 1 (or TENSOR_PARALLEL_DEGREE=1) for the torch target, "
-            "or choose target.backend trtllm/neuron for multi-device serving",
-        )
+        _split(model_dir, out_dir, tp_degree)
+        return
     weights = out_dir / rank_group(0)
     weights.mkdir(parents=True, exist_ok=True)
     items = [item for item in sorted(model_dir.iterdir()) if not item.is_dir() and not item.name.startswith(".")]
@@ -58,3 +59,41 @@ def build(model_dir: Path, out_dir: Path, *, tp_degree: int) -> None:
             is_weight = item.name.endswith(WEIGHT_SUFFIXES) or item.name == WEIGHT_INDEX
             shutil.copy2(item, (weights if is_weight else out_dir) / item.name)
             advance(item.stat().st_size)
+
+
+def _split(model_dir: Path, out_dir: Path, tp: int) -> None:
+    """One `rank{r}/model.safetensors` per rank; the rest shared. Ranks are written one at a
+    time, reading tensors lazily, so memory holds one rank's shard at most."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lmi_runtime.backends.llama_model import LLAMA_KIN
+
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") not in LLAMA_KIN:
+        raise ConfigError(f"tensor parallel degree {tp} on the torch target needs a Llama-family model "
+                          f"({', '.join(sorted(LLAMA_KIN))}); this one is '{config.get('model_type')}'",
+                          hint="use tensor_parallel_degree 1, or target.backend trtllm/neuron")
+    if config.get("quantization_config"):
+        raise ConfigError(f"tensor parallel degree {tp} is not supported for quantized checkpoints on the torch target",
+                          hint="use tensor_parallel_degree 1 with quantization, or quantize.method none")
+    heads = config["num_attention_heads"]
+    kv = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    check_degree(heads, kv, config["intermediate_size"], tp)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"no safetensors weights in {model_dir} to split for tensor parallelism")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in sorted(model_dir.iterdir()):
+        if item.is_file() and not item.name.startswith(".") and not item.name.endswith(WEIGHT_SUFFIXES) \
+                and item.name != WEIGHT_INDEX:
+            shutil.copy2(item, out_dir / item.name)
+    for rank in range(tp):
+        shard = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    shard[name] = shard_tensor(name, handle.get_tensor(name), rank, tp, kv, head_dim)
+        (out_dir / rank_group(rank)).mkdir(exist_ok=True)
+        save_file(shard, str(out_dir / rank_group(rank) / "model.safetensors"), metadata={"format": "pt"})

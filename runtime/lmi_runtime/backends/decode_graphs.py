@@ -87,6 +87,8 @@ class DecodeGraphs:
         self.ctx_lens[:n].copy_(torch.tensor(ctx, dtype=torch.int32), non_blocking=True)
         self.ctx_lens[n:size].fill_(1)
         self.tables[n:size, 0].zero_()
+        if backend.tp is not None:  # tensor parallel: the workers replay the same inputs
+            backend.tp.replay(self, size)
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]

@@ -131,9 +131,22 @@ def attention_inputs(x, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: i
 
 def attention_output_and_mlp(x, attn, o_w, o_b, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
     """Post-attention half of a layer: output projection, residual, norm, SwiGLU MLP, residual."""
-    x = x + F.linear(attn.flatten(1), o_w, o_b)
+    x, mlp = residual_and_mlp(x, attention_projection(attn, o_w, o_b), norm_w, eps, gate_up_w, gate_up_b,
+                              down_w, down_b)
+    return x + mlp
+
+
+def attention_projection(attn, o_w, o_b):
+    """Output projection; with tensor parallelism a rank's partial sum (row-parallel o_proj)."""
+    return F.linear(attn.flatten(1), o_w, o_b)
+
+
+def residual_and_mlp(x, o, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
+    """Residual of the (reduced) attention output, then the SwiGLU MLP's output, not yet added:
+    with tensor parallelism a rank's partial sum (row-parallel down_proj)."""
+    x = x + o
     gate, up = F.linear(rms_norm(x, norm_w, eps), gate_up_w, gate_up_b).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, down_w, down_b)
+    return x, F.linear(F.silu(gate) * up, down_w, down_b)
 
 
 class RMSNorm(nn.Module):
@@ -220,6 +233,11 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
         self.pre = attention_inputs
         self.post = attention_output_and_mlp
+        # tensor parallelism: sums the ranks' partial outputs in place (None: one rank). The
+        # post-attention half then runs as two pure pieces with the all-reduce between them.
+        self.all_reduce = None
+        self.projection = attention_projection
+        self.mlp_partial = residual_and_mlp
 
     def tie_weights(self) -> None:
         if self.args.tie_word_embeddings:
@@ -239,6 +257,9 @@ class LlamaForCausalLM(nn.Module):
         """Regional compilation: one graph for each half-layer, shared by every layer."""
         self.pre = torch.compile(attention_inputs, dynamic=True, fullgraph=True)
         self.post = torch.compile(attention_output_and_mlp, dynamic=True, fullgraph=True)
+        if self.all_reduce is not None:
+            self.projection = torch.compile(attention_projection, dynamic=True, fullgraph=True)
+            self.mlp_partial = torch.compile(residual_and_mlp, dynamic=True, fullgraph=True)
 
     @torch.no_grad()  # not inference_mode: it breaks torch.compile and CUDA-graph capture
     def forward(self, step: StepInputs, kv_cache: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -252,7 +273,12 @@ class LlamaForCausalLM(nn.Module):
                                attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
             new = NewKV(k, v, step.write_slots)
             out = paged_attention(q, kv_cache[i, 0], kv_cache[i, 1], new, step.attn, block_size)
-            x = self.post(x, out, attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
-                          a.rms_norm_eps, mlp.gate_up_proj.weight, mlp.gate_up_proj.bias, mlp.down_proj.weight,
-                          mlp.down_proj.bias)
+            mlp_args = (layer.post_attention_layernorm.weight, a.rms_norm_eps, mlp.gate_up_proj.weight,
+                        mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias)
+            if self.all_reduce is None:
+                x = self.post(x, out, attn.o_proj.weight, attn.o_proj.bias, *mlp_args)
+            else:
+                o = self.all_reduce(self.projection(out, attn.o_proj.weight, attn.o_proj.bias))
+                x, partial = self.mlp_partial(x, o, *mlp_args)
+                x = x + self.all_reduce(partial)
         return self.lm_head(self.model.norm(x[step.logits_rows]))

@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 from lmi_runtime.backends.base import Backend, ModelInfo
 from lmi_runtime.backends.kv_cache import BlockKVCache
 from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
+from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
+from lmi_runtime.backends.tp_sharding import shard_args
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.locate import ModelFiles
@@ -107,7 +109,8 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     return model.to(device).eval()
 
 
-def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
+def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Backend:
+    """`rank` > 0: a tensor-parallel worker (`files` then holds that rank's shard)."""
     from transformers import AutoTokenizer
 
     hf_config = json.loads((files.root / "config.json").read_text())
@@ -135,6 +138,11 @@ def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
     if args is None:
         from lmi_runtime.backends.hf_backend import TransformersBackend
 
+        if artifact_degree(files) > 1:
+            raise ModelFolderError(f"this artifact is split for tensor parallel degree {artifact_degree(files)}; "
+                                   "only the torch backend (Llama family) runs several ranks",
+                                   hint="use --backend torch (or auto)")
+
         model = _hf_model(files, config, dtype, hf_config).to(device)
         info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
                          {**details, "backend": "transformers"})
@@ -142,11 +150,23 @@ def load_backend(files: ModelFiles, config: EngineConfig) -> Backend:
 
     if args.sliding_window:
         max_len = min(max_len, args.sliding_window)  # exact attention within the window
-    model = _build_llama(args, _state_dict(files, config, dtype, hf_config), dtype, device, max_len)
-    kv = _kv_cache(args, config, dtype, device, max_len)
+    group = join(files, config, rank, device)  # None: one rank
+    if group is not None:
+        device, args = group.device, shard_args(args, group.world)
+        details["tensor_parallel_degree"] = str(group.world)
+    state = _state_dict(files, config, dtype, hf_config)
+    log.info("rank %d read %d bytes of weights from %s", rank, sum(p.stat().st_size for p in files.weights),
+             ", ".join(p.relative_to(files.root).as_posix() for p in files.weights))
+    model = _build_llama(args, state, dtype, device, max_len)
+    if group is not None:
+        model.all_reduce = group.all_reduce
+    kv = _kv_cache(args, config, dtype, device, max_len, group)
     info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                      {**details, "backend": "torch", "kv_cache_tokens": str(kv.capacity_tokens)})
-    return _torch_backend(model, tokenizer, info, kv, config)
+    backend = _torch_backend(model, tokenizer, info, kv, config)
+    if group is not None and rank == 0:
+        backend.tp = Leader(group)
+    return backend
 
 
 def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache,
@@ -166,15 +186,18 @@ def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: Bloc
 
 
 def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
-              max_len: int) -> BlockKVCache:
+              max_len: int, group: RankGroup | None = None) -> BlockKVCache:
     """Size the pool: what a full batch of max-length sequences can use, capped by the budget
     (`kv_cache_gib`, else on CUDA the free memory the utilization share leaves after weights
-    and an activation reserve, else 2 GiB on CPU)."""
+    and an activation reserve, else 2 GiB on CPU). Tensor-parallel ranks agree on one block
+    count (each holds its own KV heads of every block)."""
     per_token = BlockKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
     block = config.kv_block_size
     useful = config.max_batch_size * math.ceil(max_len / block) + 1
     budget = _kv_budget_bytes(args, config, dtype, device)
     num_blocks = max(2, min(useful, budget // (per_token * block)))
+    if group is not None:
+        num_blocks = group.agree_blocks(num_blocks)
     log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block, num_blocks * block * per_token / 2**30)
     return BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, num_blocks, block, dtype, device)
 

@@ -46,6 +46,7 @@ class TorchLlamaBackend(Backend):
         self.prefill_chunk = prefill_chunk
         self.max_blocks = math.ceil(info.max_model_len / kv.block_size)
         self.graphs = None  # DecodeGraphs once captured (CUDA only)
+        self.tp = None  # tensor_parallel.Leader on rank 0 of a TP group: sends each step to the workers
 
     def max_reservable_tokens(self) -> int:
         return self.kv.capacity_tokens
@@ -72,6 +73,8 @@ class TorchLlamaBackend(Backend):
         positions = range(len(parent.prompt_ids))
         src = torch.tensor([self.kv.slot(parent.seq_id, p) for p in positions], device=self.device)
         dst = torch.tensor([self.kv.slot(child.seq_id, p) for p in positions], device=self.device)
+        if self.tp is not None:
+            self.tp.fork(src, dst)
         self.kv.pool[:, :, dst] = self.kv.pool[:, :, src]
         return True
 
@@ -121,6 +124,8 @@ class TorchLlamaBackend(Backend):
     def forward(self, work: list[Work], all_logits: bool = False) -> torch.Tensor:
         """One eager forward over packed tokens; logits of each Work's last token (or all)."""
         step = self.step_inputs(work, all_logits)
+        if self.tp is not None:
+            self.tp.forward(step)
         return self.model(step, self.kv.pool, self.kv.block_size)
 
     def step_inputs(self, work: list[Work], all_logits: bool = False) -> StepInputs:

@@ -21,6 +21,7 @@ class EngineConfig:
     kv_block_size: int = 16
     trust_remote_code: bool = False
     served_model_name: str | None = None
+    tensor_parallel_degree: int | None = None  # must match the artifact's when set; None: the artifact's
 
     def __post_init__(self) -> None:
         from lmi_runtime.errors import ConfigError

@@ -1,0 +1,171 @@
+"""Tensor parallelism on CPU through gloo: the compile stage's per-rank shards, and TP=N greedy
+tokens equal to TP=1 with one process per rank (rank 0 here, the workers as subprocesses)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmi_compile.stages.publish import publish
+from lmi_compile.targets import torch_target
+from lmi_runtime.artifact.folder import build_manifest, write_manifest
+from lmi_runtime.artifact.manifest import ModelInfo
+from lmi_runtime.backends.loader import load_backend
+from lmi_runtime.backends.tp_sharding import shard_tensor
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.engine import LLMEngine
+from lmi_runtime.engine.offline import generate
+from lmi_runtime.engine.request import SamplingParams
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.locate import inspect_folder
+from served import lmi_serve
+
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A random Llama with 4 heads / 2 KV heads and every bias on (row-parallel biases too)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         attention_bias=True, mlp_bias=True, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # sharper logits than the 0.02 init, so greedy picks are well separated
+        model.lm_head.weight.mul_(20)
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):  # initialized to zeros: make a wrong split of them visible
+                param.normal_(std=0.02)
+    model.save_pretrained(out, safe_serialization=True)
+    for file in smollm2_dir.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            (out / file.name).write_bytes(file.read_bytes())
+    return out
+
+
+def tp_artifact(model_dir: Path, out: Path, tp: int) -> Path:
+    torch_target.build(model_dir, out, tp_degree=tp)
+    write_manifest(out, build_manifest(out, model=ModelInfo(source=str(model_dir)),
+                                       target=torch_target.describe(tp, "float32")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_tp2(tiny_dir, tmp_path_factory) -> Path:
+    return tp_artifact(tiny_dir, tmp_path_factory.mktemp("tiny-tp2"), 2)
+
+
+def greedy(backend, prompts: list[list[int]], joins: list[int]) -> list[list[int]]:
+    engine = LLMEngine(backend, EngineConfig(max_batch_size=4))
+    done = generate(engine, prompts, SamplingParams(max_new_tokens=NEW_TOKENS), join_at_step=joins)
+    return [c.token_ids for c in done]
+
+
+def test_shards_concatenate_back_to_the_checkpoint(tiny_dir, tiny_tp2):
+    full = load_file(str(tiny_dir / "model.safetensors"))
+    ranks = [load_file(str(tiny_tp2 / f"rank{r}" / "model.safetensors")) for r in range(2)]
+    assert not list(tiny_tp2.glob("*.safetensors")), "weights belong under rank{r}/"
+    for name, tensor in full.items():
+        parts = [shards[name] for shards in ranks]
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            joined = torch.cat(parts, dim=1)
+        elif name.endswith(("o_proj.bias", "down_proj.bias")):
+            joined = parts[0] + parts[1]  # added once: rank 0 holds it, rank 1 zeros
+            assert not parts[1].any()
+        elif any(p in name for p in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")):
+            joined = torch.cat(parts, dim=0)
+            assert parts[0].shape[0] == tensor.shape[0] // 2
+        else:  # norms, embeddings, lm_head: replicated
+            assert all(torch.equal(p, tensor) for p in parts), name
+            joined = parts[0]
+        assert torch.equal(joined, tensor), name
+    manifest = inspect_folder(tiny_tp2, rank=1).manifest
+    assert manifest.target.tp_degree == 2
+    assert [e.path for e in manifest.files["rank1"]] == ["rank1/model.safetensors"]
+
+
+def test_more_ranks_than_kv_heads_replicate_each_kv_head():
+    k = torch.arange(2 * 3 * 5, dtype=torch.float32).view(2 * 3, 5)  # 2 KV heads of dim 3
+    shards = [shard_tensor("model.layers.0.self_attn.k_proj.weight", k, r, 4, 2, 3) for r in range(4)]
+    assert torch.equal(shards[0], k[:3]) and torch.equal(shards[1], k[:3])
+    assert torch.equal(shards[2], k[3:]) and torch.equal(shards[3], k[3:])
+
+
+def test_an_invalid_degree_is_refused_with_the_valid_ones(smollm2_dir, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        torch_target.build(smollm2_dir, tmp_path / "out", tp_degree=2)
+    assert "9 attention heads, 3 KV heads" in str(err.value)
+    assert "valid degrees: 1, 3" in err.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+PROMPTS = ["The capital of France is", "Write a haiku about the sea, the wind and the long grey rocks of the coast",
+           "1, 2, 3,", "def fib(n):"]
+JOINS = [0, 0, 2, 5]  # the last two join a running batch
+
+
+@pytest.mark.parametrize("model, tp", [("tiny", 2), ("smollm2", 3)])
+def test_tp_greedy_tokens_equal_one_rank(model, tp, tiny_dir, tiny_tp2, smollm2_dir, tmp_path, capfd):
+    """~45 s for the bundled model on 2 busy cores: TP=1, then three rank processes each loading torch."""
+    folder = tiny_dir if model == "tiny" else smollm2_dir
+    artifact = tiny_tp2 if model == "tiny" else tp_artifact(smollm2_dir, tmp_path / "tp3", 3)
+    one = load_backend(inspect_folder(folder), EngineConfig(max_batch_size=4))
+    prompts = [one.tokenizer(p)["input_ids"] for p in PROMPTS]
+    expected = greedy(one, prompts, JOINS)
+    heads, kv_heads = one.model.args.num_heads, one.model.args.num_kv_heads
+    del one
+    split = load_backend(inspect_folder(artifact), EngineConfig(max_batch_size=4))
+    try:
+        assert split.model.args.num_heads == heads // tp
+        assert split.kv.pool.shape[3] == kv_heads // tp  # the cache holds this rank's KV heads only
+        assert greedy(split, prompts, JOINS) == expected
+    finally:
+        split.tp.close()
+    logs = capfd.readouterr().err
+    for rank in range(1, tp):  # each worker read its own shard and nothing else
+        line = re.search(rf"rank {rank} read (\d+) bytes of weights from (.*)", logs)
+        assert line and line.group(2) == f"rank{rank}/model.safetensors", logs[-2000:]
+        assert int(line.group(1)) == (artifact / f"rank{rank}" / "model.safetensors").stat().st_size
+
+
+def test_a_dead_worker_fails_the_next_step_clearly(tiny_tp2):
+    backend = load_backend(inspect_folder(tiny_tp2), EngineConfig(max_batch_size=2))
+    try:
+        worker = backend.tp.group.workers[0]
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        with pytest.raises(RuntimeError, match="tensor-parallel rank 1 has exited"):
+            backend.score([1, 2, 3])
+    finally:
+        backend.tp.close()
+
+
+def test_a_degree_that_does_not_match_the_artifact_is_refused(tiny_tp2):
+    with pytest.raises(ConfigError, match="degree 4 was asked for, but the artifact is split for 2"):
+        load_backend(inspect_folder(tiny_tp2), EngineConfig(tensor_parallel_degree=4))
+
+
+def test_lmi_serve_answers_on_a_tp_artifact_from_s3(tiny_tp2, python, cli_env, s3_env, bucket, tmp_path):
+    """Published, downloaded (every rank's shard on this host), served by two processes."""
+    uri = f"s3://{bucket}/tp2"
+    publish(tiny_tp2, uri)
+    log = tmp_path / "serve.log"
+    env = cli_env | s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "serve-cache")}
+    with lmi_serve(python, uri, env, log, timeout=90) as url:
+        reply = httpx.post(f"{url}/invocations", json={"inputs": "The sea is", "parameters": {"max_new_tokens": 6}},
+                           timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["generated_text"]
+    text = log.read_text()
+    assert "rank 0 read" in text and "from rank0/model.safetensors" in text
+    assert re.search(r"rank 1 read \d+ bytes of weights from rank1/model.safetensors\n", text), text[-2000:]
