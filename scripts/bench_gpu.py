@@ -105,7 +105,7 @@ def profile_decode(backend, out: Path) -> None:
 
     graphs = backend.graphs
     graphs.tables.copy_(torch.arange(graphs.tables.numel(), dtype=torch.int32, device="cuda")
-                        .view_as(graphs.tables) % (backend.kv.num_blocks - 1) + 1)
+                        .view_as(graphs.tables) % (backend.kv.blocks.num_blocks - 1) + 1)
     graphs.ctx_lens.fill_(192)
     graphs.tokens[2].zero_()  # write to the scratch block
     lines = []
@@ -164,11 +164,11 @@ def _prefill_once(backend, prompt_ids: list[int]) -> None:
     from lmi_runtime.engine.request import Sequence
 
     seq = Sequence(prompt_ids, SamplingParams(), max_new_tokens=1)
-    backend.reserve(seq)
+    backend.kv_manager.reserve(seq)
     try:
         backend.prefill([seq])
     finally:
-        backend.free(seq)
+        backend.kv_manager.free(seq)
 
 
 def step_bytes(folder: Path) -> int:

@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from lmi_runtime.backends.base import Backend
+from lmi_runtime.engine.backend import Backend
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.backends.vendor_load import is_vendor, load_vendor_backend

@@ -13,11 +13,12 @@ import httpx
 import pytest
 import torch
 
-from lmi_runtime.backends.base import Backend
-from lmi_runtime.backends.kv_cache import BlockKVCache
+from lmi_runtime.engine.backend import Backend
 from lmi_runtime.backends.loader import load_backend
+from lmi_runtime.backends.paged_cache import PagedKVCache
 from lmi_runtime.backends.torch_llama import TorchLlamaBackend
 from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.locate import inspect_folder
 from lmi_runtime.serve import start_engine
 from lmi_runtime.server.app import create_app
@@ -71,8 +72,8 @@ def sibling_backend(backend: TorchLlamaBackend, max_batch_size: int) -> Backend:
     """Another backend over the same weights with its own KV cache (for a second engine)."""
     kv = backend.kv
     args = backend.model.args
-    own = BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, max_batch_size * 64 + 1,
-                       kv.block_size, kv.pool.dtype, kv.pool.device)
+    own = PagedKVCache(args.num_layers, args.num_kv_heads, args.head_dim,
+                       BlockKVCacheManager(max_batch_size * 64 + 1, kv.block_size), kv.pool.dtype, kv.pool.device)
     return TorchLlamaBackend(backend.model, backend.tokenizer, backend.info, own)
 
 

@@ -94,7 +94,7 @@ def test_a_sampling_failure_fails_only_its_own_request(backend):
         assert [r.status_code for r in good] == [200] * 4
         wait_idle(server)
         assert server.metric("lmi_decode_batch_size_count") > 0
-    assert own.kv.free_blocks == own.kv.num_blocks - 1
+    assert own.kv.blocks.free_blocks == own.kv.blocks.num_blocks - 1
 
 
 def test_a_non_streaming_client_that_leaves_frees_its_slot(live):

@@ -179,7 +179,7 @@ def test_failure_mid_stream_ends_with_error_token(backend):
         assert plain.status_code == 500 and "kernel failure" in plain.json()["error"]
         fine = httpx.post(f"{server.url}/invocations", json={"inputs": "Hello", "parameters": {"max_new_tokens": 3}})
         assert fine.status_code == 200
-    assert own.kv.free_blocks == own.kv.num_blocks - 1
+    assert own.kv.blocks.free_blocks == own.kv.blocks.num_blocks - 1
 
 
 def test_lmi_details_prefill_top_tokens_and_samples(client, backend, reference):

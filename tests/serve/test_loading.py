@@ -195,7 +195,7 @@ def test_a_failing_request_fails_alone(backend, reference):
     assert finals[1].reason == FinishReason.ERROR and "kernel failure" in finals[1].error
     assert len(token_ids(events[1])) == 2  # it failed mid-way, after two tokens
     assert [token_ids(events[i]) for i in (0, 2)] == [reference(prompts[i], 6) for i in (0, 2)]
-    assert own.kv.free_blocks == own.kv.num_blocks - 1  # every block back in the pool
+    assert own.kv.blocks.free_blocks == own.kv.blocks.num_blocks - 1  # every block back in the pool
 
 
 def test_lmi_serve_cli_end_to_end(artifact, cli_env, python, tmp_path):

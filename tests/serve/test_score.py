@@ -17,11 +17,11 @@ def reference_logprobs(hf_model, ids: list[int]) -> torch.Tensor:
 
 def test_torch_backend_scores_like_transformers_and_frees_its_room(backend, hf_model):
     ids = backend.tokenizer(TEXT)["input_ids"]
-    free = backend.kv.free_blocks
+    free = backend.kv.blocks.free_blocks
     scored = torch.log_softmax(backend.score(ids), -1)
     assert scored.shape == (len(ids), backend.info.vocab_size)
     assert torch.allclose(scored, reference_logprobs(hf_model, ids), atol=1e-3)
-    assert backend.kv.free_blocks == free
+    assert backend.kv.blocks.free_blocks == free
 
 
 def test_transformers_backend_scores_like_transformers(backend, hf_model):

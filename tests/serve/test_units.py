@@ -8,6 +8,7 @@ import torch
 
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import QueueFull, SamplingParams, Sequence
 from lmi_runtime.engine.sampler import filter_top_k_top_p, make_generator, sample
 from lmi_runtime.engine.scheduler import Scheduler
@@ -48,16 +49,28 @@ def test_stop_matcher_holds_back_and_cuts():
     assert tail.feed("fin E") == ("fin ", False) and tail.flush() == "E"
 
 
-def test_scheduler_rejects_when_queue_full_and_admits_fifo():
-    room = {"free": 2}
+class Room(KVCacheManager):
+    """Room for `free` sequences of any length."""
 
-    def reserve(seq: Sequence) -> bool:
-        if room["free"] == 0:
+    def __init__(self, free: int):
+        self.free_count = free
+
+    def max_reservable_tokens(self) -> int:
+        return 1 << 20
+
+    def reserve(self, seq: Sequence) -> bool:
+        if self.free_count == 0:
             return False
-        room["free"] -= 1
+        self.free_count -= 1
         return True
 
-    sched = Scheduler(max_batch_size=4, max_queue=3, reserve=reserve)
+    def free(self, seq: Sequence) -> None:
+        self.free_count += 1
+
+
+def test_scheduler_rejects_when_queue_full_and_admits_fifo():
+    room = Room(2)
+    sched = Scheduler(max_batch_size=4, max_queue=3, kv=room)
     seqs = [Sequence([1, 2], SamplingParams(), 4) for _ in range(3)]
     for seq in seqs:
         sched.add(seq)
@@ -66,8 +79,7 @@ def test_scheduler_rejects_when_queue_full_and_admits_fifo():
     assert err.value.status == 503 and "MAX_CONCURRENT_REQUESTS" in err.value.message
     assert sched.admit() == seqs[:2]  # KV room for two only
     assert sched.num_running == 2 and sched.num_waiting == 1
-    sched.remove(seqs[0])
-    room["free"] += 1
+    sched.remove(seqs[0])  # gives its room back
     assert sched.admit() == [seqs[2]]
 
 

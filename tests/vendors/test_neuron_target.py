@@ -137,7 +137,7 @@ def test_the_backend_uses_only_neuron_config_fields_and_the_forward_signature_of
 
 
 def test_neuron_backend_runs_each_sequence_in_its_own_slot():
-    from lmi_runtime.backends.base import ModelInfo
+    from lmi_runtime.engine.backend import ModelInfo
     from lmi_runtime.backends.neuron_backend import NeuronBackend
     from lmi_runtime.engine.request import Sequence
 

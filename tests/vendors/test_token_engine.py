@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from lmi_runtime.backends.base import ModelInfo
+from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.request import FinishEvent, FinishReason, SamplingParams, Sequence, TokenEvent
 from lmi_runtime.engine.token_engine import TokenBackend, TokenEngine, TokenStep

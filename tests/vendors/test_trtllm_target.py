@@ -180,7 +180,7 @@ class RecordingLLM:
 def test_trtllm_backend_streams_new_tokens_and_aborts_on_free():
     import time
 
-    from lmi_runtime.backends.base import ModelInfo
+    from lmi_runtime.engine.backend import ModelInfo
     from lmi_runtime.backends.trtllm_backend import TrtllmBackend
     from lmi_runtime.engine.request import Sequence
 

@@ -1,1 +1,1 @@
-"""Model backends behind the engine's `Backend` interface (see `base.py`)."""
+"""Model backends behind the engine's `Backend` interface (`lmi_runtime.engine.backend`)."""

@@ -79,7 +79,7 @@ class DecodeGraphs:
         ctx = [len(s.token_ids) for s in seqs]
         kv = backend.kv
         host = torch.tensor([[s.token_ids[-1] for s in seqs], [c - 1 for c in ctx],
-                             [kv.slot(s.seq_id, c - 1) for s, c in zip(seqs, ctx)]])
+                             [kv.blocks.slot(s.seq_id, c - 1) for s, c in zip(seqs, ctx)]])
         tables = backend.block_tables([s.seq_id for s in seqs], max(ctx))
         self.tokens[:, :n].copy_(host, non_blocking=True)
         self.tokens[2, n:size].zero_()  # padding rows write to the scratch block

@@ -8,8 +8,26 @@ from __future__ import annotations
 
 import torch
 
-from lmi_runtime.backends.base import Backend, ModelInfo
+from lmi_runtime.engine.backend import Backend, ModelInfo
+from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import Sequence
+
+
+class DynamicCaches(KVCacheManager):
+    """One transformers cache per sequence, grown on demand: the engine's batch size bounds memory."""
+
+    def __init__(self, max_model_len: int):
+        self.max_model_len = max_model_len
+        self.caches: dict[int, object] = {}
+
+    def max_reservable_tokens(self) -> int:
+        return self.max_model_len
+
+    def reserve(self, seq: Sequence) -> bool:
+        return True
+
+    def free(self, seq: Sequence) -> None:
+        self.caches.pop(seq.seq_id, None)
 
 
 class TransformersBackend(Backend):
@@ -18,16 +36,7 @@ class TransformersBackend(Backend):
         self.tokenizer = tokenizer
         self.info = info
         self.device = device
-        self._caches: dict[int, object] = {}
-
-    def max_reservable_tokens(self) -> int:
-        return self.info.max_model_len
-
-    def reserve(self, seq: Sequence) -> bool:
-        return True  # caches grow on demand; the engine's batch size bounds memory
-
-    def free(self, seq: Sequence) -> None:
-        self._caches.pop(seq.seq_id, None)
+        self.kv_manager: DynamicCaches = DynamicCaches(info.max_model_len)
 
     @torch.inference_mode()
     def _forward(self, ids: list[int], cache) -> tuple[torch.Tensor, object]:
@@ -39,18 +48,18 @@ class TransformersBackend(Backend):
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         rows = []
         for seq in seqs:
-            logits, self._caches[seq.seq_id] = self._forward(seq.token_ids, None)
+            logits, self.kv_manager.caches[seq.seq_id] = self._forward(seq.token_ids, None)
             rows.append(logits)
         return torch.stack(rows)
 
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         rows = []
         for seq in seqs:
-            cache = self._caches[seq.seq_id]
+            cache = self.kv_manager.caches[seq.seq_id]
             cached = len(seq.token_ids) - 1
             if cache.get_seq_length() > cached:  # a re-run after a failed batch
                 cache.crop(cached)
-            logits, self._caches[seq.seq_id] = self._forward(seq.token_ids[-1:], cache)
+            logits, self.kv_manager.caches[seq.seq_id] = self._forward(seq.token_ids[-1:], cache)
             rows.append(logits)
         return torch.stack(rows)
 

@@ -16,12 +16,13 @@ import math
 import torch
 from safetensors.torch import load_file
 
-from lmi_runtime.backends.base import Backend, ModelInfo
-from lmi_runtime.backends.kv_cache import BlockKVCache
 from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
 from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
+from lmi_runtime.backends.paged_cache import PagedKVCache
 from lmi_runtime.backends.tp_sharding import shard_args
+from lmi_runtime.engine.backend import Backend, ModelInfo
 from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.locate import ModelFiles
 
@@ -162,14 +163,14 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
         model.all_reduce = group.all_reduce
     kv = _kv_cache(args, config, dtype, device, max_len, group)
     info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
-                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.capacity_tokens)})
+                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
     backend = _torch_backend(model, tokenizer, info, kv, config)
     if group is not None and rank == 0:
         backend.tp = Leader(group)
     return backend
 
 
-def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache,
+def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: PagedKVCache,
                    config: EngineConfig) -> Backend:
     """The compact model's backend; on CUDA with compiled layers and decode graphs unless
     `enforce_eager`."""
@@ -186,12 +187,12 @@ def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: Bloc
 
 
 def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
-              max_len: int, group: RankGroup | None = None) -> BlockKVCache:
+              max_len: int, group: RankGroup | None = None) -> PagedKVCache:
     """Size the pool: what a full batch of max-length sequences can use, capped by the budget
     (`kv_cache_gib`, else on CUDA the free memory the utilization share leaves after weights
     and an activation reserve, else 2 GiB on CPU). Tensor-parallel ranks agree on one block
     count (each holds its own KV heads of every block)."""
-    per_token = BlockKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
+    per_token = PagedKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
     block = config.kv_block_size
     useful = config.max_batch_size * math.ceil(max_len / block) + 1
     budget = _kv_budget_bytes(args, config, dtype, device)
@@ -199,7 +200,8 @@ def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device:
     if group is not None:
         num_blocks = group.agree_blocks(num_blocks)
     log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block, num_blocks * block * per_token / 2**30)
-    return BlockKVCache(args.num_layers, args.num_kv_heads, args.head_dim, num_blocks, block, dtype, device)
+    return PagedKVCache(args.num_layers, args.num_kv_heads, args.head_dim, BlockKVCacheManager(num_blocks, block),
+                        dtype, device)
 
 
 def _kv_budget_bytes(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lmi_runtime.backends.base import ModelInfo
+from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.backends.vendor import require
 from lmi_runtime.engine.request import SamplingParams, Sequence
 from lmi_runtime.engine.sampler import sample

@@ -1,5 +1,5 @@
 """The torch backend: the compact Llama-family model (`llama_model.py`) over the paged KV cache
-(`kv_cache.py`), the same code on CPU and CUDA.
+(`paged_cache.py`, its blocks claimed through the engine's block manager), the same code on CPU and CUDA.
 
 Prefill packs every admitted prompt into one token batch (no padding), in chunks of at most
 `prefill_chunk` tokens so a burst of long prompts never needs more activation memory than
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lmi_runtime.backends.base import Backend, ModelInfo
-from lmi_runtime.backends.kv_cache import BlockKVCache
 from lmi_runtime.backends.llama_model import LlamaForCausalLM, StepInputs
+from lmi_runtime.backends.paged_cache import PagedKVCache
+from lmi_runtime.engine.backend import Backend, ModelInfo
 from lmi_runtime.engine.request import Sequence
 from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile
 
@@ -36,26 +36,18 @@ class Work:
 
 
 class TorchLlamaBackend(Backend):
-    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: BlockKVCache,
+    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: PagedKVCache,
                  prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.kv = kv
+        self.kv_manager = kv.blocks
         self.device = kv.pool.device
         self.prefill_chunk = prefill_chunk
         self.max_blocks = math.ceil(info.max_model_len / kv.block_size)
         self.graphs = None  # DecodeGraphs once captured (CUDA only)
         self.tp = None  # tensor_parallel.Leader on rank 0 of a TP group: sends each step to the workers
-
-    def max_reservable_tokens(self) -> int:
-        return self.kv.capacity_tokens
-
-    def reserve(self, seq: Sequence) -> bool:
-        return self.kv.allocate(seq.seq_id, seq.total_tokens)
-
-    def free(self, seq: Sequence) -> None:
-        self.kv.free(seq.seq_id)
 
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         rows = self._prefill([(s.seq_id, s.token_ids) for s in seqs], all_logits=False)
@@ -71,8 +63,8 @@ class TorchLlamaBackend(Backend):
         """Copy the parent's prompt keys/values into the child's own blocks (one indexed copy
         over every layer): extra samples of one request share its prefill."""
         positions = range(len(parent.prompt_ids))
-        src = torch.tensor([self.kv.slot(parent.seq_id, p) for p in positions], device=self.device)
-        dst = torch.tensor([self.kv.slot(child.seq_id, p) for p in positions], device=self.device)
+        src = torch.tensor([self.kv.blocks.slot(parent.seq_id, p) for p in positions], device=self.device)
+        dst = torch.tensor([self.kv.blocks.slot(child.seq_id, p) for p in positions], device=self.device)
         if self.tp is not None:
             self.tp.fork(src, dst)
         self.kv.pool[:, :, dst] = self.kv.pool[:, :, src]
@@ -82,12 +74,12 @@ class TorchLlamaBackend(Backend):
         """Logits at every position of `token_ids` ([T, vocab], fp32), with no trace left in
         the cache: row i predicts token i + 1."""
         scratch = -1
-        if not self.kv.allocate(scratch, len(token_ids)):
+        if not self.kv.blocks.allocate(scratch, len(token_ids)):
             raise RuntimeError("no KV-cache room to score this prompt now; retry later")
         try:
             return torch.cat(self._prefill([(scratch, token_ids)], all_logits=True)).float()
         finally:
-            self.kv.free(scratch)
+            self.kv.blocks.release(scratch)
 
     def _prefill(self, prompts: list[tuple[int, list[int]]], all_logits: bool) -> list[torch.Tensor]:
         """Pack prompts into forwards of at most `prefill_chunk` tokens, splitting a prompt
@@ -156,6 +148,6 @@ class TorchLlamaBackend(Backend):
         width = math.ceil(max_ctx / self.kv.block_size)
         tables = torch.zeros((len(seq_ids), width), dtype=torch.int32)
         for row, seq_id in enumerate(seq_ids):
-            table = self.kv.table(seq_id)[:width]
+            table = self.kv.blocks.table(seq_id)[:width]
             tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
         return tables

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lmi_runtime.backends.base import ModelInfo
+from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.backends.vendor import require
 from lmi_runtime.engine.request import SamplingParams, Sequence
 from lmi_runtime.engine.token_engine import TokenBackend, TokenStep

@@ -37,7 +37,7 @@ from typing import AsyncIterator, Callable, TypeVar
 
 import torch
 
-from lmi_runtime.backends.base import Backend
+from lmi_runtime.engine.backend import Backend
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from lmi_runtime.engine.request import (
@@ -93,7 +93,7 @@ class LLMEngine:
     def __init__(self, backend: Backend, config: EngineConfig, registry: Registry | None = None):
         self.backend = backend
         self.config = config
-        self.scheduler = Scheduler(config.max_batch_size, config.max_queue, backend.reserve)
+        self.scheduler = Scheduler(config.max_batch_size, config.max_queue, backend.kv_manager)
         self.metrics = EngineMetrics(self.scheduler, registry or Registry())
         self._active: dict[int, _Active] = {}
         self._aborts: set[int] = set()
@@ -134,7 +134,7 @@ class LLMEngine:
     def _admissible_new_tokens(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """How many tokens this request may generate: all it asks for, or a 400 with the numbers
         when prompt + max_new_tokens exceeds the context (clamped instead where allowed)."""
-        limit = min(self.backend.info.max_model_len, self.backend.max_reservable_tokens())
+        limit = min(self.backend.info.max_model_len, self.scheduler.kv.max_reservable_tokens())
         prompt = len(prompt_ids)
         if not prompt_ids:
             raise RequestRejected("the prompt is empty", status=400, hint="send some text in 'inputs'")
@@ -301,7 +301,6 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
         state = self._active.pop(seq.seq_id, None)
         self.scheduler.remove(seq)
-        self.backend.free(seq)
         if state is None:
             return
         seq.finish_reason = reason

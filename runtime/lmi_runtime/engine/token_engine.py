@@ -4,13 +4,14 @@ and HTTP API stay as they are; only "forward + sample" is replaced by the backen
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import NamedTuple
 
 import torch
 
-from lmi_runtime.backends.base import ModelInfo
+from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.engine.engine import LLMEngine
+from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import FinishReason, Sequence
 from lmi_runtime.engine.sampler import Pick
 
@@ -22,28 +23,24 @@ class TokenStep(NamedTuple):
     done: bool  # the backend ended the sequence (end token, its own limit)
 
 
-class TokenBackend(ABC):
-    """A backend that samples by itself. `reserve`/`free` as in `Backend`; `start` begins the
-    newly admitted sequences, `poll` returns the tokens produced since the last call."""
+class TokenBackend(KVCacheManager):
+    """A backend that samples by itself. Its library schedules its own KV cache, so the backend
+    is its own `KVCacheManager` (`reserve`/`free` by its rule); `start` begins the newly
+    admitted sequences, `poll` returns the tokens produced since the last call."""
 
     info: ModelInfo
     tokenizer: object
     device = torch.device("cpu")  # the engine's sampling generators are never used
 
-    @abstractmethod
-    def max_reservable_tokens(self) -> int: ...
-
-    @abstractmethod
-    def reserve(self, seq: Sequence) -> bool: ...
+    @property
+    def kv_manager(self) -> KVCacheManager:
+        return self
 
     @abstractmethod
     def start(self, seqs: list[Sequence]) -> None: ...
 
     @abstractmethod
     def poll(self, running: list[Sequence]) -> list[TokenStep]: ...
-
-    @abstractmethod
-    def free(self, seq: Sequence) -> None: ...
 
 
 class TokenEngine(LLMEngine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lmi_runtime.backends.base import ModelInfo
+from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.engine.engine import AsyncEngine
 from lmi_runtime.metrics import Registry
 

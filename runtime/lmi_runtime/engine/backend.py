@@ -3,14 +3,15 @@
 The engine owns requests, scheduling, sampling and text; a backend owns the weights, the KV
 cache and how a batch is run. The split follows vLLM v1 (scheduler / KV-cache manager / model
 runner) so that a paged cache with CUDA graphs, or an engine with its own in-flight batching
-(TensorRT-LLM, Neuron), can sit behind the same four calls:
+(TensorRT-LLM, Neuron), can sit behind the same calls:
 
-- `reserve(seq)` before a sequence joins the running batch: claim KV-cache room for its whole
-  length (prompt + max_new_tokens) or say no, so a running sequence never runs out mid-way;
+- `kv_manager` (`lmi_runtime.engine.kv_cache.KVCacheManager`): the scheduler reserves KV-cache
+  room there for a sequence's whole length (prompt + max_new_tokens) before it joins the
+  running batch, so a running sequence never runs out mid-way, and frees it when it leaves
+  (finished, cancelled or failed);
 - `prefill(seqs)` runs the prompts of newly admitted sequences, `decode(seqs)` one step for
   sequences whose last token is not in the cache yet; both return next-token logits, one row
-  per sequence;
-- `free(seq)` gives the room back (finished, cancelled or failed).
+  per sequence.
 
 Both `prefill` and `decode` must be idempotent for a sequence whose token list did not change
 (the engine re-runs sequences one by one after a batch raised, to fail only the culprit), and
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import Sequence
 
 
@@ -42,14 +44,7 @@ class Backend(ABC):
     info: ModelInfo
     tokenizer: object  # a transformers tokenizer: encode/decode/apply_chat_template
     device: torch.device
-
-    @abstractmethod
-    def max_reservable_tokens(self) -> int:
-        """The most tokens one sequence can ever hold here (for rejecting requests up front)."""
-
-    @abstractmethod
-    def reserve(self, seq: Sequence) -> bool:
-        """Claim cache room for `seq.total_tokens`; False when not available right now."""
+    kv_manager: KVCacheManager  # the cache room the scheduler claims and releases
 
     @abstractmethod
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -58,10 +53,6 @@ class Backend(ABC):
     @abstractmethod
     def decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """One step: feed each sequence's last token; next-token logits, [len(seqs), vocab]."""
-
-    @abstractmethod
-    def free(self, seq: Sequence) -> None:
-        """Release everything held for `seq` (safe to call twice)."""
 
     def score(self, token_ids: list[int]) -> torch.Tensor:
         """Logits of every position of `token_ids` from a cache-free forward, float
