@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 from lmi_compile.plan import make_plan
+from lmi_compile.plan.instances import instance_hardware
 from lmi_compile.recipe import Recipe
-from lmi_runtime.hardware import GiB, Hardware, instance_hardware
+from lmi_runtime.hardware import GiB, Hardware
 
 DATA = Path(__file__).resolve().parents[1] / "plan" / "data"
 LLAMA = json.loads((DATA / "llama-2-7b" / "config.json").read_text())

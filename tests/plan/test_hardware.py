@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
+from lmi_compile.plan.instances import instance_hardware, instance_types
 from lmi_runtime.errors import ConfigError
-from lmi_runtime.hardware import GiB, instance_hardware, instance_types, parse_neuron_ls, parse_nvidia_smi, probe
+from lmi_runtime.hardware import GiB, parse_neuron_ls, parse_nvidia_smi, probe
 
 
 @pytest.mark.parametrize(

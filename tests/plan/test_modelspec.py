@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_runtime.errors import ModelFolderError
-from lmi_runtime.modelspec import ModelSpec
 
 DATA = Path(__file__).parent / "data"
 

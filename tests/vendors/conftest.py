@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lmi_compile.plan import Plan, make_plan
+from lmi_compile.plan.instances import instance_hardware
 from lmi_compile.recipe import Recipe
-from lmi_runtime.hardware import instance_hardware
 
 CONFIGS = Path(__file__).resolve().parents[1] / "plan" / "data"
 SNAPSHOT = Path(__file__).parent / "data" / "interfaces.json"

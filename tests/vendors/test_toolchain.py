@@ -8,10 +8,10 @@ import json
 
 import pytest
 
+from lmi_compile.plan.instances import instance_hardware
 from lmi_runtime.artifact.manifest import Manifest, ModelInfo, TargetInfo
 from lmi_runtime.artifact.toolchain import check_target
 from lmi_runtime.errors import ArtifactError
-from lmi_runtime.hardware import instance_hardware
 from lmi_runtime.locate import inspect_folder
 
 A10G, H100, INF2 = (instance_hardware(n) for n in ("ml.g5.12xlarge", "ml.p5.48xlarge", "ml.inf2.24xlarge"))

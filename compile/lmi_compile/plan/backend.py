@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.hardware import Hardware
-from lmi_runtime.modelspec import ModelSpec
 
 # model_type values of the architectures LMI's TensorRT-LLM container optimises (LMI 0.27:
 # Aquila, Baichuan, BLOOM, ChatGLM, DBRX, DeciLM, Falcon, Gemma, GPT-2, GPT BigCode, GPT-J,

@@ -20,8 +20,8 @@ from pydantic import BaseModel
 
 from lmi_compile.quantize import defaults
 from lmi_compile.recipe import Recipe
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_runtime.hardware import Hardware
-from lmi_runtime.modelspec import ModelSpec
 
 LONG_S = 600.0  # a stage longer than this gets a warning naming the setting that shortens it
 MB = 1_000_000

@@ -22,8 +22,9 @@ import math
 
 from pydantic import BaseModel
 
+from lmi_compile.plan.modelspec import DTYPE_BYTES, ModelSpec
+from lmi_runtime.backends.tp_sharding import kv_heads_per_rank
 from lmi_runtime.hardware import GiB, Hardware
-from lmi_runtime.modelspec import DTYPE_BYTES, ModelSpec
 
 RUNTIME_RESERVE = 1 * GiB
 LOGIT_BYTES = 4
@@ -72,5 +73,6 @@ def kv_cache_plan(spec: ModelSpec, hardware: Hardware, *, weight_bytes: int, dty
     return KvCachePlan(
         memory_per_device=memory, utilization=utilization, usable_bytes=usable, weights_per_device=weights,
         activation_reserve=reserve, bytes_per_device=budget, bytes_per_token=per_token,
-        kv_heads_per_device=spec.kv_heads_per_rank(tp), tokens=tokens, max_full_sequences=tokens // max_total_len,
+        kv_heads_per_device=kv_heads_per_rank(spec.num_kv_heads, tp), tokens=tokens,
+        max_full_sequences=tokens // max_total_len,
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_runtime.backends.tp_sharding import splits_heads
 from lmi_runtime.errors import ConfigError
-from lmi_runtime.modelspec import ModelSpec
 
 
 def valid_tp_degrees(spec: ModelSpec, limit: int) -> list[int]:

@@ -12,12 +12,13 @@ from pydantic import BaseModel
 from lmi_compile.plan.backend import choose_backend
 from lmi_compile.plan.estimate import Estimates, estimate
 from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
+from lmi_compile.plan.instances import INSTANCES, instance_hardware
 from lmi_compile.plan.model_config import read_model_config
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_compile.plan.parallel import choose_tp, heads_text, valid_tp_degrees
 from lmi_compile.recipe import LimitsSpec, Recipe
 from lmi_runtime.errors import ConfigError
-from lmi_runtime.hardware import INSTANCES, GiB, Hardware, instance_hardware, probe
-from lmi_runtime.modelspec import ModelSpec
+from lmi_runtime.hardware import GiB, Hardware, probe
 
 # LMI's defaults: TensorRT-LLM max_input_len 1024 / max_output_len 512 / max_num_tokens 16384;
 # Neuron n_positions = min(max_position_embeddings, 4096).

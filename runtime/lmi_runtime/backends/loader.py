@@ -24,6 +24,7 @@ from lmi_runtime.engine.backend import Backend, ModelInfo
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
+from lmi_runtime.kv_bytes import kv_bytes_per_token
 from lmi_runtime.locate import ModelFiles
 
 from lmi_runtime.backends.torch_llama import PREFILL_CHUNK
@@ -192,7 +193,7 @@ def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device:
     (`kv_cache_gib`, else on CUDA the free memory the utilization share leaves after weights
     and an activation reserve, else 2 GiB on CPU). Tensor-parallel ranks agree on one block
     count (each holds its own KV heads of every block)."""
-    per_token = PagedKVCache.bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, dtype)
+    per_token = kv_bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, torch.finfo(dtype).bits // 8)
     block = config.kv_block_size
     useful = config.max_batch_size * math.ceil(max_len / block) + 1
     budget = _kv_budget_bytes(args, config, dtype, device)

@@ -21,7 +21,3 @@ class PagedKVCache:
     @property
     def block_size(self) -> int:
         return self.blocks.block_size
-
-    @staticmethod
-    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
-        return 2 * num_layers * num_kv_heads * head_dim * torch.finfo(dtype).bits // 8

@@ -46,10 +46,16 @@ def check_degree(num_heads: int, num_kv_heads: int, intermediate_size: int, tp: 
     )
 
 
+def kv_heads_per_rank(num_kv_heads: int, tp: int) -> int:
+    """KV heads one rank holds: its share, or one replicated head when there are more ranks
+    than KV heads (GQA/MQA)."""
+    return max(1, num_kv_heads // tp)
+
+
 def shard_args(args, tp: int):
     """The LlamaArgs of one rank's shard: its heads and MLP width."""
     check_degree(args.num_heads, args.num_kv_heads, args.intermediate_size, tp)
-    return replace(args, num_heads=args.num_heads // tp, num_kv_heads=max(args.num_kv_heads // tp, 1),
+    return replace(args, num_heads=args.num_heads // tp, num_kv_heads=kv_heads_per_rank(args.num_kv_heads, tp),
                    intermediate_size=args.intermediate_size // tp)
 
 

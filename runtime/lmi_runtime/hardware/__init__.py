@@ -1,8 +1,7 @@
-"""What a machine offers for serving: probed here, or looked up for a named SageMaker instance."""
+"""What a machine offers for serving, as probed here (named SageMaker instances are the
+planner's: `lmi_compile.plan.instances`)."""
 
-from lmi_runtime.hardware.instances import INSTANCES, instance_hardware, instance_types
 from lmi_runtime.hardware.model import GiB, Hardware
 from lmi_runtime.hardware.probe import parse_neuron_ls, parse_nvidia_smi, probe
 
-__all__ = ["GiB", "INSTANCES", "Hardware", "instance_hardware", "instance_types", "parse_neuron_ls",
-           "parse_nvidia_smi", "probe"]
+__all__ = ["GiB", "Hardware", "parse_neuron_ls", "parse_nvidia_smi", "probe"]

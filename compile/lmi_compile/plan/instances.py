@@ -12,7 +12,7 @@ import difflib
 from typing import NamedTuple
 
 from lmi_runtime.errors import ConfigError
-from lmi_runtime.hardware.model import GiB, Hardware
+from lmi_runtime.hardware import GiB, Hardware
 
 
 class Accelerator(NamedTuple):
@@ -70,7 +70,7 @@ def instance_hardware(instance_type: str) -> Hardware:
         raise ConfigError(
             f"unknown instance type '{instance_type}'",
             hint=f"{suggestion}known families: {', '.join(sorted({n.split('.')[0] for n in INSTANCES}))} "
-                 "(see lmi_runtime.hardware.instance_types())",
+                 "(see lmi_compile.plan.instances.instance_types())",
         )
     accel, devices, cpus = INSTANCES[name]
     return Hardware(

@@ -1,6 +1,7 @@
 """What a model's config.json says about its size: shapes, parameter count, weight and KV-cache bytes.
 
-Used by `lmi-compile plan` to choose TP and size limits, and by the runtime to size its KV cache.
+Used by `lmi-compile plan` to choose TP and size limits (the runtime reads shapes from the
+checkpoint itself and shares only the formulas: `lmi_runtime.kv_bytes`, `tp_sharding`).
 Configs name the same thing differently (Falcon's `n_head`/`n_layer`, GPT-2's `n_embd`, …);
 `ModelSpec.from_config` reads them all into one shape. The parameter count is computed from the
 layer shapes (no weights needed), exact for the Llama family (Llama, Mistral, Mixtral, Qwen2, …)
@@ -17,7 +18,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from lmi_runtime.backends.tp_sharding import kv_heads_per_rank
 from lmi_runtime.errors import ModelFolderError
+from lmi_runtime.kv_bytes import kv_bytes_per_token
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 # Families whose layout we count exactly. Llama-like: separate q/k/v/o, gated MLP (gate, up,
@@ -195,13 +198,8 @@ class ModelSpec(BaseModel):
             raise ValueError(f"unknown quantization {quantization!r}")
         return dense + self.num_layers * per_layer
 
-    def kv_heads_per_rank(self, tp: int = 1) -> int:
-        """KV heads one tensor-parallel rank holds. With fewer KV heads than ranks (GQA/MQA),
-        each KV head is replicated on tp / kv_heads ranks, so every rank still holds one."""
-        return max(1, math.ceil(self.num_kv_heads / tp))
-
     def kv_bytes_per_token(self, dtype: str = "bfloat16", tp: int = 1, pp: int = 1) -> int:
-        """KV-cache bytes one token takes on one rank: 2 (K and V) × layers × KV heads × head_dim
-        × bytes per element, with heads split over `tp` ranks and layers over `pp` stages."""
+        """KV-cache bytes one token takes on one rank, with KV heads split over `tp` ranks
+        (replicated past the KV-head count) and layers over `pp` stages."""
         layers = math.ceil(self.num_layers / pp)
-        return 2 * layers * self.kv_heads_per_rank(tp) * self.head_dim * DTYPE_BYTES[dtype]
+        return kv_bytes_per_token(layers, kv_heads_per_rank(self.num_kv_heads, tp), self.head_dim, DTYPE_BYTES[dtype])
