@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmi_runtime.config.schema import check_queue_holds_batch
+
 QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]  # fp8: trtllm (ModelOpt) only
 Backend = Literal["auto", "torch", "trtllm", "neuron"]
 INT8_METHODS = ("smoothquant", "static_int8", "fp8")
@@ -96,11 +98,8 @@ class LimitsSpec(Section):
 
     @model_validator(mode="after")
     def _queue_holds_batch(self) -> "LimitsSpec":
-        if self.max_concurrent_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_concurrent_requests ({self.max_concurrent_requests}) is below max_batch_size "
-                f"({self.max_batch_size}): the queue must hold at least one full batch"
-            )
+        check_queue_holds_batch(self.max_concurrent_requests, self.max_batch_size,
+                                ("max_concurrent_requests", "max_batch_size"))
         return self
 
 

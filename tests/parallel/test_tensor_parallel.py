@@ -13,12 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmi_compile.plan.modelspec import ModelSpec
+from lmi_compile.plan.parallel import valid_tp_degrees
 from lmi_compile.stages.publish import publish
 from lmi_compile.targets import torch_target
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
 from lmi_runtime.artifact.manifest import ModelInfo
 from lmi_runtime.backends.loader import load_backend
-from lmi_runtime.backends.tp_sharding import shard_tensor
+from lmi_runtime.backends.tp_sharding import check_degree, shard_tensor
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.engine import LLMEngine
 from lmi_runtime.engine.offline import generate
@@ -99,6 +101,17 @@ def test_more_ranks_than_kv_heads_replicate_each_kv_head():
     shards = [shard_tensor("model.layers.0.self_attn.k_proj.weight", k, r, 4, 2, 3) for r in range(4)]
     assert torch.equal(shards[0], k[:3]) and torch.equal(shards[1], k[:3])
     assert torch.equal(shards[2], k[3:]) and torch.equal(shards[3], k[3:])
+
+
+def test_the_planner_and_the_shards_allow_the_same_degrees():
+    """One TP rule: degree 8 splits the 8 heads but not the MLP width 12, so neither the
+    planner offers it nor the compile stage's sharding accepts it."""
+    spec = ModelSpec.from_config({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8,
+                                  "num_hidden_layers": 2, "vocab_size": 100, "intermediate_size": 12})
+    assert valid_tp_degrees(spec, 8) == [1, 2, 4]
+    with pytest.raises(ConfigError, match="MLP width 12"):
+        check_degree(8, 8, 12, 8)
+    check_degree(8, 8, 12, 4)
 
 
 def test_an_invalid_degree_is_refused_with_the_valid_ones(smollm2_dir, tmp_path):

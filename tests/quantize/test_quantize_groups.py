@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lmi_runtime.errors import ConfigError
+from lmi_compile.plan import make_plan
+from lmi_compile.plan.instances import instance_hardware
+from lmi_compile.plan.modelspec import ModelSpec
 from lmi_compile.quantize.groups import quantized_widths, resolve_group_size
+from lmi_compile.recipe import Recipe
+from lmi_runtime.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +46,16 @@ def test_auto_picks_64_and_dividing_sizes_pass(widths):
 def test_auto_with_no_power_of_two_divisor_is_an_error():
     with pytest.raises(ConfigError, match="no power-of-two group size"):
         resolve_group_size("auto", {"a": 100, "b": 72})
+
+
+@pytest.mark.parametrize("method", ["awq", "gptq"])
+def test_the_plan_uses_the_group_size_the_quantizer_picks(smollm2_dir, widths, method):
+    """One rule: the planner reads the widths from config.json and sizes the weights (and
+    TensorRT-LLM's AWQ block) with the group the quantizer resolves on the loaded layers."""
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert set(ModelSpec.from_config(config).quantized_widths().values()) == set(widths.values())
+    recipe = Recipe.model_validate({"source": {"uri": str(smollm2_dir)}, "quantize": {"method": method}})
+    plan = make_plan(recipe, config, instance_hardware("ml.g5.xlarge"))
+    assert plan.weights.group_size == resolve_group_size("auto", widths) == 64
+    assert make_plan(recipe.model_copy(update={"quantize": recipe.quantize.model_copy(update={"method": "none"})}),
+                     config, instance_hardware("ml.g5.xlarge")).weights.group_size is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lmi_compile.plan.modelspec import ModelSpec
+from lmi_runtime.backends.llama_family import LLAMA_FAMILY
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.hardware import Hardware
 
@@ -19,12 +20,10 @@ TRTLLM_MODEL_TYPES = frozenset(
 NEURON_MODEL_TYPES = frozenset({"granite", "llama", "llama4_text", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe",
                                 "smollm3"})
 NEURON_QUANTIZATION = frozenset({"none", "static_int8"})
-# Our compact torch implementation (RMSNorm, RoPE, SwiGLU, GQA); anything else runs through transformers.
-TORCH_COMPACT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "yi"})
 
 
 def torch_path(spec: ModelSpec) -> str:
-    if spec.model_type in TORCH_COMPACT_MODEL_TYPES:
+    if spec.model_type in LLAMA_FAMILY:  # else the transformers backend
         return "compact Llama-family implementation (paged KV cache)"
     return f"generic transformers implementation ({spec.model_type} has no compact implementation)"
 

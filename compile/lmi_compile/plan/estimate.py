@@ -18,9 +18,9 @@ import os
 
 from pydantic import BaseModel
 
-from lmi_compile.quantize import defaults
-from lmi_compile.recipe import Recipe
 from lmi_compile.plan.modelspec import ModelSpec
+from lmi_compile.quantize import defaults, groups
+from lmi_compile.recipe import Recipe
 from lmi_runtime.hardware import Hardware
 
 LONG_S = 600.0  # a stage longer than this gets a warning naming the setting that shortens it
@@ -91,7 +91,8 @@ def estimate(recipe: Recipe, spec: ModelSpec, hardware: Hardware, device: str | 
     source_bytes = spec.weight_bytes(_dtype(spec.torch_dtype))
     work_bytes = params * (4 if device == "cpu" else 2)  # float32 on CPU, 16-bit on a GPU
     out_bytes = spec.weight_bytes("float32" if device == "cpu" else "bfloat16", quant.method,
-                                  _group(quant.group_size), quant.symmetric) if quant.method != "none" else source_bytes
+                                  groups.group_size_for(quant.method, quant.group_size, spec.quantized_widths()),
+                                  quant.symmetric) if quant.method != "none" else source_bytes
     kind = _source_kind(recipe.source.uri)
 
     stages = [StageEstimate(
@@ -206,7 +207,3 @@ def _source_kind(uri: str) -> str:
 
 def _dtype(name: str | None) -> str:
     return name if name in ("float16", "bfloat16", "float32") else "bfloat16"
-
-
-def _group(size: int | str) -> int:
-    return 128 if size == "auto" else int(size)

@@ -146,6 +146,10 @@ class ModelSpec(BaseModel):
                                 Linear("down_proj", self.intermediate_size, h, e)]
         return attention + [Linear("fc_in", h, self.intermediate_size), Linear("fc_out", self.intermediate_size, h)]
 
+    def quantized_widths(self) -> dict[str, int]:
+        """Input width of each weight matrix kind weight quantization groups (`quantize.groups`)."""
+        return {linear.name: linear.in_features for linear in self.layer_linears()}
+
     def layer_other_params(self) -> int:
         """Per-layer parameters outside the weight matrices: norms, MoE router, q/k/v biases (Qwen2)."""
         router = self.hidden_size * self.num_experts if self.num_experts > 1 else 0
@@ -176,7 +180,7 @@ class ModelSpec(BaseModel):
 
     # ---- bytes ----------------------------------------------------------------------------
     def weight_bytes(self, dtype: str = "bfloat16", quantization: str = "none",
-                     group_size: int = 128, symmetric: bool = True) -> int:
+                     group_size: int | None = None, symmetric: bool = True) -> int:
         """Bytes of the weights in memory. Quantization compresses the decoder layers' matrices
         only; embeddings, lm_head and norms stay in `dtype`:
           int8 (static_int8, smoothquant) and fp8: 1 byte per weight + a 16-bit scale per output channel;
@@ -190,6 +194,8 @@ class ModelSpec(BaseModel):
         if quantization in ("static_int8", "smoothquant", "fp8"):
             per_layer = sum(l.params + 2 * l.out_features * l.copies for l in linears)
         elif quantization in ("awq", "gptq"):
+            if group_size is None:
+                raise ValueError(f"{quantization} needs a group size")
             per_layer = 0
             for l in linears:
                 groups = l.out_features * math.ceil(l.in_features / group_size) * l.copies

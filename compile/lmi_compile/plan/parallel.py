@@ -5,18 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lmi_compile.plan.modelspec import ModelSpec
-from lmi_runtime.backends.tp_sharding import splits_heads
+from lmi_runtime.backends.tp_sharding import valid_degrees
 from lmi_runtime.errors import ConfigError
 
 
 def valid_tp_degrees(spec: ModelSpec, limit: int) -> list[int]:
-    """Degrees ≤ limit that split the attention heads evenly and either split the KV heads
-    evenly or are a multiple of them (then each KV head is replicated on tp / kv_heads ranks)."""
-    return [t for t in range(1, limit + 1) if splits_heads(spec.num_heads, spec.num_kv_heads, t)]
+    """Degrees ≤ limit that split the model (`lmi_runtime.backends.tp_sharding.valid_degrees`)."""
+    return valid_degrees(spec.num_heads, spec.num_kv_heads, spec.intermediate_size, limit)
 
 
 def heads_text(spec: ModelSpec) -> str:
-    return f"{spec.num_heads} attention heads and {spec.num_kv_heads} KV heads"
+    return f"{spec.num_heads} attention heads and {spec.num_kv_heads} KV heads, MLP width {spec.intermediate_size}"
 
 
 def choose_tp(requested: int | str, spec: ModelSpec, units: int, unit_name: str,

@@ -16,6 +16,7 @@ from lmi_compile.plan.instances import INSTANCES, instance_hardware
 from lmi_compile.plan.model_config import read_model_config
 from lmi_compile.plan.modelspec import ModelSpec
 from lmi_compile.plan.parallel import choose_tp, heads_text, valid_tp_degrees
+from lmi_compile.quantize import groups
 from lmi_compile.recipe import LimitsSpec, Recipe
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.hardware import GiB, Hardware, probe
@@ -53,6 +54,7 @@ class WeightsPlan(BaseModel):
     quantization: str
     bytes: int
     bytes_per_device: int
+    group_size: int | None = None  # input columns per scale (awq, gptq), as the quantizer will pick it
 
 
 class Plan(BaseModel):
@@ -153,7 +155,7 @@ def make_plan(recipe: Recipe, model_config: dict[str, Any], hardware: Hardware,
     dtype, why = choose_dtype(target.dtype, hardware, spec)
     reasons.append(Decision(decision="dtype", value=dtype, reason=why))
 
-    group = 128 if quant.group_size == "auto" else quant.group_size
+    group = groups.group_size_for(quant.method, quant.group_size, spec.quantized_widths())
     weight_bytes = spec.weight_bytes(dtype, quant.method, group, quant.symmetric)
     quant_text = quant.method if quant.method == "none" else f"{quant.method} ({quant.bits}-bit)"
     reasons.append(Decision(decision="weights", value=f"{weight_bytes / GiB:.2f} GiB",
@@ -211,7 +213,7 @@ def make_plan(recipe: Recipe, model_config: dict[str, Any], hardware: Hardware,
         quantization=quant.method, max_batch_size=batch, max_concurrent_requests=limits.max_concurrent_requests,
         max_input_len=inp, max_output_len=out, max_total_len=total, max_num_tokens=step,
         weights=WeightsPlan(parameters=spec.num_parameters, dtype=dtype, quantization=quant.method,
-                            bytes=weight_bytes, bytes_per_device=kv.weights_per_device),
+                            bytes=weight_bytes, bytes_per_device=kv.weights_per_device, group_size=group),
         kv_cache=kv, reasons=reasons, estimates=estimate(recipe, spec, hardware, device),
     )
 
@@ -236,12 +238,13 @@ def _too_large(spec: ModelSpec, hardware: Hardware, kv: KvCachePlan, tp: int, to
         if budget(valid_tp_degrees(spec, other.parallel_units)[-1], other).fits(total):
             bigger.append((memory, other.cores, other.instance_type))
     options = ", ".join(name for _, _, name in sorted(bigger)[:3])
-    awq_bytes = spec.weight_bytes(dtype, "awq", 128, symmetric=False)
-    awq_fits = budget(tp, weight_bytes=awq_bytes).fits(total)
-    hint = (f"use a larger instance ({options})" if options else "use a larger instance") + (
-        f", or quantize: AWQ 4-bit weights take {awq_bytes / GiB:.1f} GiB and fit here at TP {tp} "
-        "(quantize.method: awq)" if awq_fits else
-        f"; 4-bit quantization (AWQ: {awq_bytes / GiB:.1f} GiB of weights) would still not fit here")
+    hint = f"use a larger instance ({options})" if options else "use a larger instance"
+    awq_group = groups.auto_group_size(spec.quantized_widths())
+    if awq_group is not None:
+        awq_bytes = spec.weight_bytes(dtype, "awq", awq_group, symmetric=False)
+        hint += (f", or quantize: AWQ 4-bit weights take {awq_bytes / GiB:.1f} GiB and fit here at TP {tp} "
+                 "(quantize.method: awq)" if budget(tp, weight_bytes=awq_bytes).fits(total) else
+                 f"; 4-bit quantization (AWQ: {awq_bytes / GiB:.1f} GiB of weights) would still not fit here")
     return ConfigError(f"the model does not fit on {hardware.describe()} even at TP {tp}, the largest degree "
                        f"its {heads_text(spec)} allow there: {numbers}", hint=hint)
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from lmi_runtime.errors import ConfigError
-from lmi_compile.quantize.groups import IGNORED
+from lmi_compile.quantize.groups import GROUPED, IGNORED
 from lmi_compile.quantize.library import cpu_safe, llmcompressor
 
 CALIBRATED = {"awq", "gptq", "smoothquant"}
-GROUPED = {"awq", "gptq", "rtn"}  # methods whose weights are quantized in groups of columns
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[method
         method=method,
         bits=bits,
         group_size=group,
-        symmetric=spec.symmetric if method in methods.GROUPED else True,
+        symmetric=spec.symmetric if method in groups.GROUPED else True,
         desc_act=spec.desc_act,
         damp=spec.damp,
         alpha=spec.alpha,

@@ -67,12 +67,12 @@ def _split(model_dir: Path, out_dir: Path, tp: int) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from lmi_runtime.backends.llama_model import LLAMA_KIN
+    from lmi_runtime.backends.llama_family import LLAMA_FAMILY
 
     config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") not in LLAMA_KIN:
+    if config.get("model_type") not in LLAMA_FAMILY:
         raise ConfigError(f"tensor parallel degree {tp} on the torch target needs a Llama-family model "
-                          f"({', '.join(sorted(LLAMA_KIN))}); this one is '{config.get('model_type')}'",
+                          f"({', '.join(sorted(LLAMA_FAMILY))}); this one is '{config.get('model_type')}'",
                           hint="use tensor_parallel_degree 1, or target.backend trtllm/neuron")
     if config.get("quantization_config"):
         raise ConfigError(f"tensor parallel degree {tp} is not supported for quantized checkpoints on the torch target",

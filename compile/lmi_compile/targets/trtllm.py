@@ -100,13 +100,12 @@ def modelopt_config(plan: Plan) -> str | None:
     return MODELOPT_CONFIGS.get(plan.quantization)
 
 
-def checkpoint_command(plan: Plan, model_dir: Path, out: Path, *, alpha: float = 0.8,
-                       group_size: int = 128) -> list[str]:
+def checkpoint_command(plan: Plan, model_dir: Path, out: Path, *, alpha: float = 0.8) -> list[str]:
     """Engine mode, step 1: a TensorRT-LLM checkpoint split for TP×PP (quantized when asked)."""
     split = ["--tp_size", str(plan.tp_degree), "--pp_size", str(plan.pp_degree)]
     common = ["--model_dir", str(model_dir), "--dtype", plan.dtype, "--output_dir", str(out), *split]
     if plan.quantization in QUANTIZE_QFORMATS:
-        extra = ["--awq_block_size", str(group_size)] if plan.quantization == "awq" else []
+        extra = ["--awq_block_size", str(plan.weights.group_size)] if plan.quantization == "awq" else []
         return ["python3", f"{EXAMPLES}/quantization/quantize.py", *common,
                 "--qformat", QUANTIZE_QFORMATS[plan.quantization], *extra]
     convert = ["python3", f"{EXAMPLES}/models/core/llama/convert_checkpoint.py", *common]
@@ -155,7 +154,7 @@ def toolchain() -> dict[str, str]:
 
 
 
-def build(model_dir: Path, out: Path, plan: Plan, *, mode: str, alpha: float, group_size: int,
+def build(model_dir: Path, out: Path, plan: Plan, *, mode: str, alpha: float,
           calibration: Callable[[Any], list[list[int]]], log: Log) -> None:
     """Write the artifact's trtllm files into `out`. fp16/bf16 checkpoint mode needs nothing but
     a copy; every other case runs vendor code and needs the Dockerfile.trtllm image."""
@@ -170,7 +169,7 @@ def build(model_dir: Path, out: Path, plan: Plan, *, mode: str, alpha: float, gr
     else:
         require("tensorrt_llm", "trtllm", "the trtllm engine mode")
         work = out.parent / "trtllm-checkpoint"
-        for argv in (checkpoint_command(plan, model_dir, work, alpha=alpha, group_size=group_size),
+        for argv in (checkpoint_command(plan, model_dir, work, alpha=alpha),
                      build_command(plan, work, out / ENGINE_DIR)):
             log("trtllm: " + " ".join(argv))
             subprocess.run(argv, check=True)

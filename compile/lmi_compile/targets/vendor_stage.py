@@ -62,8 +62,7 @@ def build(recipe: Recipe, plan: Plan, model_dir: Path, out: Path, log: Log) -> N
         return corpora.calibration_samples(tokenizer, texts.calibration, quant.calibration.num_samples,
                                            quant.calibration.seq_len)
 
-    group = 128 if quant.group_size == "auto" else quant.group_size
-    trtllm.build(model_dir, out, plan, mode=recipe.target.mode, alpha=quant.alpha, group_size=group,
+    trtllm.build(model_dir, out, plan, mode=recipe.target.mode, alpha=quant.alpha,
                  calibration=calibration, log=log)
 
 

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmi_runtime.backends.llama_family import LLAMA_FAMILY
 from lmi_runtime.errors import ModelFolderError
 from lmi_runtime.kernels.paged_attention import AttnBatch, NewKV, paged_attention
 
-LLAMA_KIN = {"llama", "mistral", "qwen2"}
 ROPE_TYPES = {"default", "linear", "llama3"}
 
 
@@ -56,7 +56,7 @@ class LlamaArgs:
     @classmethod
     def from_hf(cls, cfg: dict) -> "LlamaArgs":
         model_type = cfg.get("model_type")
-        if model_type not in LLAMA_KIN:
+        if model_type not in LLAMA_FAMILY:
             raise UnsupportedArchitecture(f"model_type '{model_type}' is not in the Llama family")
         if cfg.get("hidden_act", "silu") != "silu":
             raise UnsupportedArchitecture(f"hidden_act '{cfg.get('hidden_act')}' is not SwiGLU")

@@ -34,11 +34,16 @@ def splits_heads(num_heads: int, num_kv_heads: int, tp: int) -> bool:
     return num_heads % tp == 0 and (num_kv_heads % tp == 0 or tp % num_kv_heads == 0)
 
 
+def valid_degrees(num_heads: int, num_kv_heads: int, intermediate_size: int, limit: int) -> list[int]:
+    """The tensor-parallel degrees ≤ `limit` a model allows (the one TP rule, for the planner
+    too): the heads split as `splits_heads` says and the MLP width splits evenly."""
+    return [t for t in range(1, limit + 1) if splits_heads(num_heads, num_kv_heads, t) and intermediate_size % t == 0]
+
+
 def check_degree(num_heads: int, num_kv_heads: int, intermediate_size: int, tp: int) -> None:
-    if tp >= 1 and splits_heads(num_heads, num_kv_heads, tp) and intermediate_size % tp == 0:
+    valid = valid_degrees(num_heads, num_kv_heads, intermediate_size, num_heads)
+    if tp in valid:
         return
-    valid = [t for t in range(1, num_heads + 1)
-             if splits_heads(num_heads, num_kv_heads, t) and intermediate_size % t == 0]
     raise ConfigError(
         f"tensor parallel degree {tp} does not split the model's {num_heads} attention heads, "
         f"{num_kv_heads} KV heads and MLP width {intermediate_size} evenly",

@@ -95,6 +95,21 @@ ALLOWED: dict[str, str] = {
 }
 
 
+def check_queue_holds_batch(max_queue: int, max_batch_size: int,
+                            names: tuple[str, str] = ("job_queue_size (MAX_CONCURRENT_REQUESTS)",
+                                                      "max_rolling_batch_size (MAX_BATCH_SIZE)")) -> None:
+    """The request queue must hold at least one full batch: the one rule for LMI's settings and
+    the recipe's limits, each naming the two settings its own way. Raised inside a pydantic
+    validator; `fields` tells the serving-config loader which settings to name."""
+    if max_queue < max_batch_size:
+        raise PydanticCustomError(
+            "queue_below_batch",
+            "{queue_name} = {queue} is below {batch_name} = {batch}: the queue must hold at least one full batch",
+            {"queue_name": names[0], "queue": max_queue, "batch_name": names[1], "batch": max_batch_size,
+             "fields": "job_queue_size,max_rolling_batch_size"},
+        )
+
+
 class ServingConfig(BaseModel):
     """One deployment's settings. Build it with `lmi_runtime.config.load_serving_config` to get
     LMI's environment variables and serving.properties with their precedence and clear errors."""
@@ -152,14 +167,7 @@ class ServingConfig(BaseModel):
 
     @model_validator(mode="after")
     def _queue_holds_batch(self) -> "ServingConfig":
-        if self.job_queue_size < self.max_rolling_batch_size:
-            raise PydanticCustomError(
-                "queue_below_batch",
-                "job_queue_size (MAX_CONCURRENT_REQUESTS) = {queue} is below max_rolling_batch_size "
-                "(MAX_BATCH_SIZE) = {batch}: the queue must hold at least one full batch",
-                {"queue": self.job_queue_size, "batch": self.max_rolling_batch_size,
-                 "fields": "job_queue_size,max_rolling_batch_size"},
-            )
+        check_queue_holds_batch(self.job_queue_size, self.max_rolling_batch_size)
         return self
 
     @property
