@@ -133,9 +133,9 @@ def engine_checks(label: str, folder: Path, new: int = 24) -> None:
 def http_check(label: str, backend, config: EngineConfig, prompt_ids: list[int], want: list[int]) -> None:
     import uvicorn
 
-    from lmi_runtime.serve import start_engine
     from lmi_runtime.server.app import create_app
-    from lmi_runtime.server.common import ServerState
+    from lmi_runtime.server.loading import start_engine
+    from lmi_runtime.server.state import ServerState
 
     state = ServerState()
     engine = start_engine(state, backend, config)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmi_runtime.config.schema import check_queue_holds_batch
 
 QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]  # fp8: trtllm (ModelOpt) only
-Backend = Literal["auto", "torch", "trtllm", "neuron"]
+BackendName = Literal["auto", "torch", "trtllm", "neuron"]
 INT8_METHODS = ("smoothquant", "static_int8", "fp8")
 
 
@@ -79,7 +79,7 @@ class QuantizeSpec(Section):
 
 
 class TargetSpec(Section):
-    backend: Backend = "auto"
+    backend: BackendName = "auto"
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     tp_degree: Annotated[int, Field(ge=1)] | Literal["max"] = "max"
     pp_degree: int = Field(1, ge=1)

@@ -22,9 +22,9 @@ from lmi_runtime.startup_log import configure_logging, quiet_environment
 quiet_environment()  # before anything imports tqdm (it reads TQDM_DISABLE at import time)
 
 from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors  # noqa: E402
+from lmi_runtime.config.engine_settings import engine_config, tgi_compat  # noqa: E402
 from lmi_runtime.errors import ConfigError, LmiError, debug_enabled  # noqa: E402
 from lmi_runtime.locate import resolve_location  # noqa: E402
-from lmi_runtime.serve_options import engine_config, tgi_compat  # noqa: E402
 
 log = logging.getLogger("lmi_runtime")
 
@@ -61,10 +61,10 @@ def serve(
     configure_logging(log_level)
     import uvicorn
 
-    from lmi_runtime.serve import load_into
     from lmi_runtime.server.app import create_app
-    from lmi_runtime.server.common import ServerState
     from lmi_runtime.server.limits import uvicorn_limits
+    from lmi_runtime.server.loading import load_into
+    from lmi_runtime.server.state import ServerState
     options = {
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,

@@ -12,9 +12,9 @@ import pytest
 
 from lmi_compile.recipe_loader import load_recipe
 from lmi_runtime.config import load_serving_config
+from lmi_runtime.config.engine_settings import engine_config
 from lmi_runtime.errors import ConfigError, LmiError
 from lmi_runtime.redact import redact
-from lmi_runtime.serve_options import engine_config
 
 BOMB = "\n".join(
     ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']

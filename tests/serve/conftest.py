@@ -13,16 +13,16 @@ import httpx
 import pytest
 import torch
 
-from lmi_runtime.engine.backend import Backend
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.backends.paged_cache import PagedKVCache
 from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+from lmi_runtime.engine.backend import Backend
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.locate import inspect_folder
-from lmi_runtime.serve import start_engine
 from lmi_runtime.server.app import create_app
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.loading import start_engine
+from lmi_runtime.server.state import ServerState
 from served import free_port
 
 BATCH = 8

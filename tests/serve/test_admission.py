@@ -14,8 +14,8 @@ import torch
 
 from lmi_runtime.backends.torch_llama import TorchLlamaBackend
 from lmi_runtime.engine.config import EngineConfig
-from lmi_runtime.serve import start_engine
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.loading import start_engine
+from lmi_runtime.server.state import ServerState
 
 from .conftest import LiveServer, sibling_backend
 

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lmi_runtime.engine.config import EngineConfig
-from lmi_runtime.serve import start_engine
 from lmi_runtime.server.app import create_app
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.loading import start_engine
+from lmi_runtime.server.state import ServerState
 
 from .conftest import FlakyBackend, LiveServer, sibling_backend
 

@@ -12,10 +12,10 @@ import time
 import httpx
 import pytest
 
-from lmi_runtime.server.app import create_app
-from lmi_runtime.server.common import ServerState
-from lmi_runtime.server.limits import json_depth_exceeds, max_payload_bytes, uvicorn_limits
 from lmi_runtime.errors import ConfigError
+from lmi_runtime.server.app import create_app
+from lmi_runtime.server.limits import json_depth_exceeds, max_payload_bytes, uvicorn_limits
+from lmi_runtime.server.state import ServerState
 from served import free_port
 
 

@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from lmi_runtime.server.app import create_app
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.state import ServerState
 
 PROMPT = "The capital of France is"
 

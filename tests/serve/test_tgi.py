@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 
-from lmi_runtime.serve_options import tgi_compat
+from lmi_runtime.config.engine_settings import tgi_compat
 from lmi_runtime.server.app import create_app
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.state import ServerState
 
 PROMPT = "The capital of France is"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmi_runtime.config.engine_settings import engine_config
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.detokenizer import IncrementalDetokenizer, StopMatcher
 from lmi_runtime.engine.kv_cache import KVCacheManager
@@ -14,7 +15,6 @@ from lmi_runtime.engine.sampler import filter_top_k_top_p, make_generator, sampl
 from lmi_runtime.engine.scheduler import Scheduler
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.metrics import Counter, Histogram, Registry
-from lmi_runtime.serve_options import engine_config
 
 
 @pytest.fixture(scope="module")

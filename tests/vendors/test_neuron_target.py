@@ -137,12 +137,12 @@ def test_the_backend_uses_only_neuron_config_fields_and_the_forward_signature_of
 
 
 def test_neuron_backend_runs_each_sequence_in_its_own_slot():
-    from lmi_runtime.engine.backend import ModelInfo
+    from lmi_runtime.engine.backend import ServedModel
     from lmi_runtime.backends.neuron_backend import NeuronBackend
     from lmi_runtime.engine.request import Sequence
 
     model = RecordingNeuronModel()
-    backend = NeuronBackend(model, None, ModelInfo("m", 64, {0}, 1000))
+    backend = NeuronBackend(model, None, ServedModel("m", 64, {0}, 1000))
     a = Sequence([5, 6, 7], SamplingParams(), max_new_tokens=4)
     b = Sequence([8, 9], SamplingParams(do_sample=True, temperature=0.5), max_new_tokens=4)
     c = Sequence([1], SamplingParams(), max_new_tokens=4)

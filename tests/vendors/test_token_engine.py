@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from lmi_runtime.engine.backend import ModelInfo
+from lmi_runtime.engine.backend import ServedModel
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.request import FinishEvent, FinishReason, SamplingParams, Sequence, TokenEvent
 from lmi_runtime.engine.token_engine import TokenBackend, TokenEngine, TokenStep
@@ -19,7 +19,7 @@ class ScriptedBackend(TokenBackend):
 
     def __init__(self, tokenizer, script: list[int], end_after: int | None = None):
         self.tokenizer, self.script, self.end_after = tokenizer, script, end_after
-        self.info = ModelInfo("scripted", 256, {tokenizer.eos_token_id}, len(tokenizer))
+        self.info = ServedModel("scripted", 256, {tokenizer.eos_token_id}, len(tokenizer))
         self.started: list[int] = []
         self.freed: list[int] = []
 

@@ -180,12 +180,12 @@ class RecordingLLM:
 def test_trtllm_backend_streams_new_tokens_and_aborts_on_free():
     import time
 
-    from lmi_runtime.engine.backend import ModelInfo
+    from lmi_runtime.engine.backend import ServedModel
     from lmi_runtime.backends.trtllm_backend import TrtllmBackend
     from lmi_runtime.engine.request import Sequence
 
     llm = RecordingLLM([11, 12, 13, 14, 15])
-    backend = TrtllmBackend(llm, dict, None, ModelInfo("m", 64, {2}, 100), max_seq_len=64)
+    backend = TrtllmBackend(llm, dict, None, ServedModel("m", 64, {2}, 100), max_seq_len=64)
     seq = Sequence([1, 2, 3], SamplingParams(), max_new_tokens=5)
     assert backend.reserve(seq) and not backend.reserve(Sequence([1] * 60, SamplingParams(), max_new_tokens=5))
     backend.start([seq])

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 
 from lmi_compile.plan.backend import choose_backend
 from lmi_compile.plan.estimate import Estimates, estimate
-from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
 from lmi_compile.plan.instances import INSTANCES, instance_hardware
+from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
 from lmi_compile.plan.model_config import read_model_config
 from lmi_compile.plan.modelspec import ModelSpec
 from lmi_compile.plan.parallel import choose_tp, heads_text, valid_tp_degrees

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lmi_runtime.engine.backend import Backend, ModelInfo
+from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import Sequence
 
@@ -31,7 +31,7 @@ class DynamicCaches(KVCacheManager):
 
 
 class TransformersBackend(Backend):
-    def __init__(self, model, tokenizer, info: ModelInfo, device: torch.device):
+    def __init__(self, model, tokenizer, info: ServedModel, device: torch.device):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.info = info

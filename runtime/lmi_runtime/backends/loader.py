@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
-from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
 from lmi_runtime.backends.paged_cache import PagedKVCache
+from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
 from lmi_runtime.backends.tp_sharding import shard_args
-from lmi_runtime.engine.backend import Backend, ModelInfo
+from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
@@ -146,7 +146,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
                                    hint="use --backend torch (or auto)")
 
         model = _hf_model(files, config, dtype, hf_config).to(device)
-        info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
                          {**details, "backend": "transformers"})
         return TransformersBackend(model, tokenizer, info, device)
 
@@ -163,7 +163,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     if group is not None:
         model.all_reduce = group.all_reduce
     kv = _kv_cache(args, config, dtype, device, max_len, group)
-    info = ModelInfo(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
+    info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                      {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
     backend = _torch_backend(model, tokenizer, info, kv, config)
     if group is not None and rank == 0:
@@ -171,7 +171,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     return backend
 
 
-def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: PagedKVCache,
+def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
                    config: EngineConfig) -> Backend:
     """The compact model's backend; on CUDA with compiled layers and decode graphs unless
     `enforce_eager`."""

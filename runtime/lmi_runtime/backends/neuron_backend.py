@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.backends.vendor import require
+from lmi_runtime.engine.backend import ServedModel
 from lmi_runtime.engine.request import SamplingParams, Sequence
 from lmi_runtime.engine.sampler import sample
 from lmi_runtime.engine.token_engine import TokenBackend, TokenStep
@@ -47,7 +47,7 @@ def sampling_row(params: SamplingParams, max_topk: int) -> list[float]:
 
 
 class NeuronBackend(TokenBackend):
-    def __init__(self, model, tokenizer, info: ModelInfo):
+    def __init__(self, model, tokenizer, info: ServedModel):
         self.model, self.tokenizer, self.info = model, tokenizer, info
         config = model.neuron_config
         self._free_slots = list(range(config.batch_size))
@@ -113,7 +113,7 @@ def load_neuron(root: Path, name: str, eos: set[int], scratch: Path) -> NeuronBa
     model = neuron.NeuronModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, clean_up_tokenization_spaces=False)
     config = json.loads((folder / "config.json").read_text())
-    info = ModelInfo(name, model.neuron_config.sequence_length, eos or {tokenizer.eos_token_id},
+    info = ServedModel(name, model.neuron_config.sequence_length, eos or {tokenizer.eos_token_id},
                      config["vocab_size"],
                      {"backend": "neuron", "batch_size": str(model.neuron_config.batch_size),
                       "tensor_parallel": str(model.neuron_config.tp_degree),

@@ -19,7 +19,7 @@ import torch
 
 from lmi_runtime.backends.llama_model import LlamaForCausalLM, StepInputs
 from lmi_runtime.backends.paged_cache import PagedKVCache
-from lmi_runtime.engine.backend import Backend, ModelInfo
+from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.request import Sequence
 from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile
 
@@ -36,7 +36,7 @@ class Work:
 
 
 class TorchLlamaBackend(Backend):
-    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ModelInfo, kv: PagedKVCache,
+    def __init__(self, model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
                  prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
         self.tokenizer = tokenizer

@@ -16,8 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from lmi_runtime.engine.backend import ModelInfo
 from lmi_runtime.backends.vendor import require
+from lmi_runtime.engine.backend import ServedModel
 from lmi_runtime.engine.request import SamplingParams, Sequence
 from lmi_runtime.engine.token_engine import TokenBackend, TokenStep
 
@@ -49,7 +49,7 @@ def load_options(root: Path) -> dict[str, Any]:
 
 
 class TrtllmBackend(TokenBackend):
-    def __init__(self, llm, sampling_cls, tokenizer, info: ModelInfo, max_seq_len: int):
+    def __init__(self, llm, sampling_cls, tokenizer, info: ServedModel, max_seq_len: int):
         self.llm, self._sampling_cls, self.tokenizer, self.info = llm, sampling_cls, tokenizer, info
         self._max_seq_len = max_seq_len
         self._events: queue.Queue[tuple[int, list[int], list[float], bool]] = queue.Queue()
@@ -140,7 +140,7 @@ def load_trtllm(root: Path, name: str, eos: set[int]) -> TrtllmBackend:
         max_len = options["max_seq_len"]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, clean_up_tokenization_spaces=False)
     vocab = json.loads((tokenizer_dir / "config.json").read_text())["vocab_size"]
-    info = ModelInfo(name, max_len, eos or {tokenizer.eos_token_id}, vocab,
+    info = ServedModel(name, max_len, eos or {tokenizer.eos_token_id}, vocab,
                      {"backend": "trtllm", "tensorrt_llm": trtllm.__version__,
                       "tensor_parallel": str(options.get("tensor_parallel_size", 1))})
     return TrtllmBackend(llm, trtllm.SamplingParams, tokenizer, info, max_len)

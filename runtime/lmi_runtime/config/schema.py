@@ -62,7 +62,7 @@ PASSTHROUGH_OPTIONS = frozenset(
         "max_loras", "max_lora_rank", "max_cpu_loras", "paged_attention", "neuron_optimize_level",
         "context_length_estimate", "compiled_graph_path", "save_mp_checkpoint_path",
         "batch_size", "amp", "chat_template", "enable_chunked_prefill", "kv_cache_dtype",
-        # lmi-serve's own engine settings (see lmi_runtime.serve_options)
+        # lmi-serve's own engine settings (see lmi_runtime.config.engine_settings)
         "device", "backend", "kv_cache_gib", "max_new_tokens", "served_model_name",
     }
 )

@@ -30,8 +30,9 @@ from lmi_runtime.engine.request import Sequence
 
 
 @dataclass
-class ModelInfo:
-    """What the engine and the HTTP layer need to know about a loaded model."""
+class ServedModel:
+    """What the engine and the HTTP layer need to know about a loaded model (the manifest's
+    `ModelInfo` says instead where an artifact's weights came from)."""
 
     name: str
     max_model_len: int
@@ -41,7 +42,7 @@ class ModelInfo:
 
 
 class Backend(ABC):
-    info: ModelInfo
+    info: ServedModel
     tokenizer: object  # a transformers tokenizer: encode/decode/apply_chat_template
     device: torch.device
     kv_manager: KVCacheManager  # the cache room the scheduler claims and releases

@@ -1,5 +1,5 @@
 """The engine's own settings. `lmi-serve` builds one from CLI options with the LMI environment
-names as fallbacks (see `lmi_runtime.serve_options`)."""
+names as fallbacks (see `lmi_runtime.config.engine_settings`)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from lmi_runtime.engine.backend import ModelInfo
+from lmi_runtime.engine.backend import ServedModel
 from lmi_runtime.engine.engine import LLMEngine
 from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import FinishReason, Sequence
@@ -28,7 +28,7 @@ class TokenBackend(KVCacheManager):
     is its own `KVCacheManager` (`reserve`/`free` by its rule); `start` begins the newly
     admitted sequences, `poll` returns the tokens produced since the last call."""
 
-    info: ModelInfo
+    info: ServedModel
     tokenizer: object
     device = torch.device("cpu")  # the engine's sampling generators are never used
 

@@ -15,9 +15,10 @@ from lmi_runtime import __version__
 from lmi_runtime.metrics import Counter
 from lmi_runtime.redact import redact
 from lmi_runtime.server import lmi, openai_api, tgi
-from lmi_runtime.server.common import HTTPError, ServerState
+from lmi_runtime.server.errors import HTTPError
 from lmi_runtime.server.generation import ClientGone
 from lmi_runtime.server.limits import BodyLimits, max_payload_bytes
+from lmi_runtime.server.state import ServerState
 
 log = logging.getLogger("lmi_runtime.server")
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"

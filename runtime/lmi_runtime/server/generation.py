@@ -18,7 +18,8 @@ from lmi_runtime.engine.request import (
     SamplingParams,
     TokenEvent,
 )
-from lmi_runtime.server.common import HTTPError, ServerState
+from lmi_runtime.server.errors import HTTPError
+from lmi_runtime.server.state import ServerState
 
 
 class ClientGone(Exception):

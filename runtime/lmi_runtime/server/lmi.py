@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from lmi_runtime.engine.engine import RequestStream
 from lmi_runtime.engine.request import FinishEvent, FinishReason, TokenEvent
 from lmi_runtime.server import openai_api, tgi
-from lmi_runtime.server.common import HTTPError, ServerState
+from lmi_runtime.server.errors import HTTPError
 from lmi_runtime.server.generation import (
     Outcome,
     collect_all,
@@ -43,6 +43,7 @@ from lmi_runtime.server.generation import (
 from lmi_runtime.server.lmi_params import samples, sampling_params
 from lmi_runtime.server.parsing import load_json, parse_strict
 from lmi_runtime.server.schemas import LmiParameters, LmiRequest
+from lmi_runtime.server.state import ServerState
 
 JSONLINES = "application/jsonlines"
 SSE = "text/event-stream"

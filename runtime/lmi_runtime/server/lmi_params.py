@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lmi_runtime.engine.request import SamplingParams
-from lmi_runtime.server.common import HTTPError
+from lmi_runtime.server.errors import HTTPError
 from lmi_runtime.server.generation import engine_params, stop_list
 from lmi_runtime.server.schemas import LmiParameters
 

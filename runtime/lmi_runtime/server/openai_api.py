@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmi_runtime.engine.engine import RequestStream
 from lmi_runtime.engine.request import FinishEvent, FinishReason, PromptEvent, PromptLogprob, SamplingParams, TokenEvent
-from lmi_runtime.server.common import HTTPError, ServerState
+from lmi_runtime.server.errors import HTTPError
 from lmi_runtime.server.generation import (
     Outcome,
     collect_all,
@@ -42,6 +42,7 @@ from lmi_runtime.server.generation import (
 )
 from lmi_runtime.server.parsing import IGNORED_HEADER, parse_openai
 from lmi_runtime.server.schemas import ChatRequest, CompletionRequest, OpenAIBase
+from lmi_runtime.server.state import ServerState
 
 OPENAI_FINISH = {FinishReason.EOS: "stop", FinishReason.STOP: "stop", FinishReason.LENGTH: "length"}
 Scored = tuple[int, float | None, list[tuple[int, float]] | None]  # token, its log-prob, top-N

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from lmi_runtime.server.common import HTTPError
+from lmi_runtime.server.errors import HTTPError
 
 log = logging.getLogger("lmi_runtime.server")
 M = TypeVar("M", bound=BaseModel)

@@ -22,11 +22,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from lmi_runtime.engine.engine import RequestStream
 from lmi_runtime.engine.request import FinishEvent, FinishReason, TokenEvent
-from lmi_runtime.server.common import HTTPError, ServerState
+from lmi_runtime.server.errors import HTTPError
 from lmi_runtime.server.generation import Outcome, collect_all, encode, failed, listed, ranked, submit
 from lmi_runtime.server.lmi_params import samples, sampling_params
 from lmi_runtime.server.parsing import parse_strict
 from lmi_runtime.server.schemas import LmiParameters, LmiRequest
+from lmi_runtime.server.state import ServerState
 
 SSE = "text/event-stream"
 

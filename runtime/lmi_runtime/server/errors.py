@@ -1,12 +1,7 @@
-"""Server state and the HTTP error every handler raises (rendered per API family in app.py)."""
+"""The HTTP error every handler raises, with its body in each API family's shape (rendered
+per route family in app.py)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-
-from lmi_runtime.engine.backend import ModelInfo
-from lmi_runtime.engine.engine import AsyncEngine
-from lmi_runtime.metrics import Registry
 
 
 class HTTPError(Exception):
@@ -33,21 +28,3 @@ class HTTPError(Exception):
         """TGI's shape, parsed by huggingface_hub (`error`, `error_type`)."""
         kind = {503: "overloaded", 500: "generation"}.get(self.status, "validation")
         return {"error": self.text(), "error_type": kind}
-
-
-@dataclass
-class ServerState:
-    """Filled in when the model has loaded; until then /ping answers 503."""
-
-    registry: Registry = field(default_factory=Registry)
-    engine: AsyncEngine | None = None
-    info: ModelInfo | None = None
-    tokenizer: object | None = None
-    load_error: str | None = None
-    strict_params: bool = False  # --strict-params: unknown fields are a 400 on OpenAI routes too
-    tgi_compat: bool = False  # OPTION_TGI_COMPAT: /invocations answers in TGI's shapes
-
-    def ready(self) -> AsyncEngine:
-        if self.engine is None:
-            raise HTTPError(503, self.load_error or "the model is still loading", hint="retry when /ping answers 200")
-        return self.engine

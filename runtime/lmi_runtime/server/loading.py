@@ -6,16 +6,16 @@ import logging
 import time
 from pathlib import Path
 
-from lmi_runtime.engine.backend import Backend
 from lmi_runtime.backends.loader import load_backend
-from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.backends.vendor_load import is_vendor, load_vendor_backend
+from lmi_runtime.engine.backend import Backend
+from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.engine import AsyncEngine, LLMEngine
 from lmi_runtime.engine.token_engine import TokenBackend, TokenEngine
 from lmi_runtime.locate import inspect_folder
-from lmi_runtime.server.common import ServerState
+from lmi_runtime.server.state import ServerState
 
-log = logging.getLogger("lmi_runtime.serve")
+log = logging.getLogger("lmi_runtime.server.loading")
 
 
 def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True) -> AsyncEngine:
