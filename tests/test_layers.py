@@ -51,8 +51,9 @@ def within(module: str, package: str) -> bool:
 def violations(root: Path, rule) -> list[str]:
     out = []
     for path in sources(root):
-        for module, name, line in imports(path, module_name(path)):
-            problem = rule(module_name(path), module, name)
+        importer = module_name(path)
+        for module, name, line in imports(path, importer):
+            problem = rule(importer, module, name)
             if problem:
                 out.append(f"{path.relative_to(REPO)}:{line}: {problem}")
     return out
@@ -71,7 +72,7 @@ def runtime_rule(importer: str, module: str, name: str | None) -> str | None:
 def compile_rule(importer: str, module: str, name: str | None) -> str | None:
     if not within(module, "lmi_runtime"):
         return None
-    private = [part for part in [*module.split("."), name or ""] if part.startswith("_") and part != "__future__"]
+    private = any(part.startswith("_") and not part.endswith("__") for part in [*module.split("."), name or ""])
     return f"private runtime name {module}{'.' + name if name else ''}" if private else None
 
 
@@ -110,3 +111,4 @@ def test_relative_imports_are_resolved(tmp_path):
 def test_the_private_name_rule():
     assert compile_rule("lmi_compile.plan.planner", "lmi_runtime.kernels.paged_attention", "_triton_paged_attention")
     assert compile_rule("lmi_compile.plan.planner", "lmi_runtime.hardware", "probe") is None
+    assert compile_rule("lmi_compile.cli", "lmi_runtime", "__version__") is None

@@ -1,5 +1,6 @@
 """The torch backend: the compact Llama-family model (`llama_model.py`) over the paged KV cache
-(`paged_cache.py`, its blocks claimed through the engine's block manager), the same code on CPU and CUDA.
+(`paged_cache.py`, its blocks claimed through the engine's block manager), the same code on
+CPU and CUDA.
 
 Prefill packs every admitted prompt into one token batch (no padding), in chunks of at most
 `prefill_chunk` tokens so a burst of long prompts never needs more activation memory than
