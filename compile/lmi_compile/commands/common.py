@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.markup import escape
@@ -46,3 +46,12 @@ def recipe_and_token(recipe: Path | None, properties: Path | None) -> tuple[Reci
     if config.hf_token:
         token = config.hf_token.get_secret_value()
     return recipe_from_serving_config(config), token
+
+
+def stage_logger() -> Callable[[str], None]:
+    """One line per pipeline event on stderr: colour on a terminal, plain text in a log
+    (rich drops its escape codes when stderr is not a terminal, e.g. in CloudWatch)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda line: console.print(f"[cyan]{escape(line)}[/]", soft_wrap=True, highlight=False)

@@ -51,6 +51,28 @@ def fetch(spec: SourceSpec, out: Path, s3_options=None, token: str | None = None
     return replace(model, path=out)
 
 
+def source_identity(spec: SourceSpec, s3_options=None) -> dict | None:
+    """What pins the source's content, cheaply (for the fetch stage's cache key): the name, size
+    and mtime of each file of a local folder, archive or bundled model; the key, size and ETag of
+    each S3 object. None for a hub model (huggingface_hub's own cache already keeps its files).
+    A cached entry is still checked against its recorded sha256 before it is used."""
+    if is_bundled(spec.uri):
+        return _stat_identity(materialize(spec.uri))
+    location = parse_uri(spec.uri, hub=True)
+    if location.kind == "hub":
+        return None
+    if location.kind == "s3":
+        listing = open_storage(location, s3_options).list()
+        return {"objects": sorted((k, v.size, v.version) for k, v in listing.items())}
+    return _stat_identity(location.path) if location.path.exists() else None
+
+
+def _stat_identity(path: Path) -> dict:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {"files": [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                      for f in files]}
+
+
 def _check_destination(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PROVENANCE).exists())):
         raise ConfigError(
