@@ -51,7 +51,7 @@ class RunResult:
         ppl = self.quality.perplexity if self.quality else None
         return RunSummary(
             artifact=ref.uri, manifest_sha256=ref.manifest_sha256, backend=plan.backend, tp_degree=plan.tp_degree,
-            dtype=plan.dtype, quantization=self.manifest.quantization.method, files=len(files) + 1,  # + the manifest
+            dtype=plan.dtype, quantization=self.manifest.quantization.method, files=len(files),
             bytes=sum(f.size for f in files), files_sent=len(ref.sent), files_unchanged=len(ref.skipped),
             bytes_sent=ref.bytes_sent, quality=ppl.model_dump(mode="json") if ppl else None,
             stages=self.stages, total_seconds=round(self.seconds, 3))
