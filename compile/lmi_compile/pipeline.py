@@ -16,21 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.plan import Plan
 from lmi_compile.plan.estimate import minutes
 from lmi_compile.quantize.defaults import resolve as sized_for_device
 from lmi_compile.quantize.report import QuantReport
 from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
+from lmi_compile.stages.compile import compile_model, compile_settings, target_info
 from lmi_compile.stages.fetch import fetch, source_identity
-from lmi_compile.summary import RunSummary, StagePreview, StageTime
+from lmi_compile.stages.plan import checked_plan
 from lmi_compile.stages.publish import ArtifactRef, publish
-from lmi_compile.targets import torch_target, vendor_stage
+from lmi_compile.summary import RunSummary, StagePreview, StageTime
+from lmi_compile.targets import vendor_stage
 from lmi_compile.workdir import new_work_folder
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
 from lmi_runtime.artifact.manifest import Limits, Manifest, ModelInfo, QuantizationInfo, TargetInfo
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
-from lmi_runtime.errors import ConfigError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage.s3 import S3Options
 
@@ -96,17 +97,6 @@ def stage_cache(recipe: Recipe) -> StageCache:
     return StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
 
 
-def checked_plan(recipe: Recipe, *, instance_type: str | None, token: str | None, device: str) -> Plan:
-    """The plan, with the combinations no target can build refused before any download."""
-    plan = plan_recipe(recipe, instance_type=instance_type, token=token, device=device)
-    if plan.backend in VENDOR_TARGETS:
-        vendor_stage.check(recipe, plan)
-    elif plan.quantization == "fp8":
-        raise ConfigError("fp8 is produced by ModelOpt for the trtllm target; the plan chose the torch target",
-                          hint="set target.backend: trtllm, or quantize.method awq / smoothquant / static_int8")
-    return plan
-
-
 def fetch_key(recipe: Recipe, s3_options: S3Options | None) -> str | None:
     """The fetch stage's cache key, or None when the source cannot be pinned (a hub model is
     not cached here: huggingface_hub's own cache already keeps its files)."""
@@ -119,12 +109,6 @@ def fetch_key(recipe: Recipe, s3_options: S3Options | None) -> str | None:
 def quantize_settings(recipe: Recipe, device: str):
     """(the quantize section sized for `device`, the sizes chosen for it)."""
     return sized_for_device(recipe.quantize, device)
-
-
-def compile_settings(recipe: Recipe, plan: Plan) -> dict:
-    if plan.backend in VENDOR_TARGETS:
-        return vendor_stage.settings(recipe, plan)
-    return {"backend": plan.backend, "tp_degree": plan.tp_degree, "dtype": plan.dtype}
 
 
 def run_recipe(
@@ -148,30 +132,25 @@ def run_recipe(
         log(f"fetch: {recipe.source.uri}")
         model = _fetch(recipe, stages, s3_options, token)
 
-        if vendor:
-            compiled = stages.cached("compile", stage_key("compile", [model.path], compile_settings(recipe, plan)),
-                                     lambda out: vendor_stage.build(recipe, plan, model.path, out, log))
-            target, quantization = vendor_stage.target_info(recipe, plan), vendor_stage.quantization_info(recipe, plan)
+        if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
+            source, quantization = model.path, vendor_stage.quantization_info(recipe, plan)
         else:
             qspec, chosen = quantize_settings(recipe, device)
             if chosen and qspec.method != "none":
                 log(f"quantize: sized for {device}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
 
             def quantize_into(out: Path) -> None:
-                from lmi_compile.quantize.stage import quantize
+                from lmi_compile.stages.quantize import quantize
 
                 quantize(model.path, qspec, out, device=device)
 
-            quantized = stages.cached("quantize", stage_key("quantize", [model.path], qspec), quantize_into)
-            report = QuantReport.load(quantized)
+            source = stages.cached("quantize", stage_key("quantize", [model.path], qspec), quantize_into)
+            report = QuantReport.load(source)
             _log_quality(report, log)
-
-            def compile_into(out: Path) -> None:
-                torch_target.build(quantized, out, tp_degree=plan.tp_degree)
-
-            compiled = stages.cached("compile", stage_key("compile", [quantized], compile_settings(recipe, plan)),
-                                     compile_into)
-            target, quantization = torch_target.describe(plan.tp_degree, plan.dtype), _quantization(report)
+            quantization = _quantization(report)
+        compiled = stages.cached("compile", stage_key("compile", [source], compile_settings(recipe, plan)),
+                                 lambda out: compile_model(recipe, plan, source, out, log))
+        target = target_info(recipe, plan)
 
         artifact = work / "artifact"
         shutil.copytree(compiled, artifact)

@@ -8,6 +8,9 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from rich.markup import escape
 
@@ -17,6 +20,16 @@ from lmi_runtime.cli_support import stderr
 from lmi_runtime.config import load_serving_config
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.redact import redact
+
+# Options several commands share, defined once.
+RecipeArgument = Annotated[Path | None, typer.Argument(
+    help="Recipe YAML file; omit to use LMI environment variables.", show_default=False)]
+PropertiesOption = Annotated[Path | None, typer.Option(
+    "--properties", help="serving.properties file (or a folder holding one), used without RECIPE.")]
+InstanceOption = Annotated[str | None, typer.Option(
+    "--for", help="Plan for this SageMaker instance type (e.g. ml.g5.12xlarge) instead of this machine.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Device for quantization and its quality check (cpu or cuda).")]
+RetryOption = Annotated[int | None, typer.Option("--retry-count", help="S3 retries per request (default 3, or LMI_S3_RETRY_COUNT)")]
 
 
 @contextlib.contextmanager

@@ -7,22 +7,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from lmi_compile.commands.common import printed_warnings, recipe_and_token, stage_logger
-from lmi_runtime.cli_support import user_errors
+from lmi_compile.commands.common import (DeviceOption, InstanceOption, PropertiesOption, RecipeArgument,
+                                         printed_warnings, recipe_and_token, stage_logger)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("run")(run)
-
-
-@user_errors
 def run(
-    recipe: Path | None = typer.Argument(None, help="Recipe YAML file; omit to use LMI environment variables.",
-                                         show_default=False),
-    properties: Path | None = typer.Option(None, "--properties", help="serving.properties file, used without RECIPE."),
+    recipe: RecipeArgument = None,
+    properties: PropertiesOption = None,
     out: str | None = typer.Option(None, "--out", help="Publish here instead of the recipe's output.uri (folder or s3://…)."),
-    instance_type: str | None = typer.Option(None, "--for", help="Plan for this SageMaker instance type."),
-    device: str = typer.Option("cpu", "--device", help="Device for quantization and its quality check (cpu or cuda)."),
+    instance_type: InstanceOption = None,
+    device: DeviceOption = "cpu",
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, each stage's estimate and what the stage cache already holds; run nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the final summary as JSON instead of text."),
 ) -> None:
@@ -45,7 +39,8 @@ def run(
 
 
 def _dry_run(recipe, instance_type: str | None, token: str | None, device: str, s3_options) -> None:
-    from lmi_compile.pipeline import checked_plan, preview_stages
+    from lmi_compile.pipeline import preview_stages
+    from lmi_compile.stages.plan import checked_plan
     from lmi_compile.plan import print_plan
     from lmi_compile.summary import preview_text
 

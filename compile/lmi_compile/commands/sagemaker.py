@@ -10,12 +10,6 @@ from pathlib import Path
 import typer
 
 from lmi_compile.commands.common import printed_warnings, stage_logger
-from lmi_runtime.cli_support import user_errors
-
-
-def register(app: typer.Typer) -> None:
-    app.command("sagemaker-optimize")(sagemaker_optimize)
-    app.command("sagemaker-process")(sagemaker_process)
 
 
 def _device() -> str:
@@ -24,7 +18,6 @@ def _device() -> str:
     return "cuda" if probe().kind == "cuda" else "cpu"
 
 
-@user_errors
 def sagemaker_optimize() -> None:
     """Run as a SageMaker optimization job: the model from SM_NEO_INPUT_MODEL_DIR, settings from
     OPTION_* (or the recipe in LMI_RECIPE), the artifact into SM_NEO_COMPILED_MODEL_DIR; a
@@ -40,7 +33,6 @@ def sagemaker_optimize() -> None:
         _run(recipe, token)
 
 
-@user_errors
 def sagemaker_process(
     recipe: Path | None = typer.Option(None, "--recipe", help="Recipe file (default: the one YAML file in input/recipe/)."),
     out: str | None = typer.Option(None, "--out", help="Publish here (folder or s3://…) instead of the recipe's s3:// output or output/artifact/."),
