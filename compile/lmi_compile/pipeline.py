@@ -77,15 +77,15 @@ class _Stages:
     def cached(self, stage: str, key: str, produce: Callable[[Path], None]) -> Path:
         """The stage's output folder: from the cache, or produced now and stored there."""
         started = time.monotonic()
-        found = self.cache.get(key)
-        if found is not None:
+        path = self.cache.get(key)
+        hit = path is not None
+        if hit:
             self.log(f"{stage}: cached ({key[:12]})")
         else:
             self.log(f"{stage}: running")
-            out = self.work / stage
-            produce(out)
-        path = found if found is not None else self.cache.put(key, out, stage=stage, move=True)
-        self.times.append(StageTime(stage=stage, seconds=round(time.monotonic() - started, 3), cached=found is not None))
+            produce(self.work / stage)
+            path = self.cache.put(key, self.work / stage, stage=stage, move=True)
+        self.times.append(StageTime(stage=stage, seconds=round(time.monotonic() - started, 3), cached=hit))
         return path
 
 
@@ -104,11 +104,6 @@ def fetch_key(recipe: Recipe, s3_options: S3Options | None) -> str | None:
     if identity is None:
         return None
     return stage_key("fetch", [], {"source": recipe.source, "identity": identity})
-
-
-def quantize_settings(recipe: Recipe, device: str):
-    """(the quantize section sized for `device`, the sizes chosen for it)."""
-    return sized_for_device(recipe.quantize, device)
 
 
 def run_recipe(
@@ -135,7 +130,7 @@ def run_recipe(
         if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
             source, quantization = model.path, vendor_stage.quantization_info(recipe, plan)
         else:
-            qspec, chosen = quantize_settings(recipe, device)
+            qspec, chosen = sized_for_device(recipe.quantize, device)
             if chosen and qspec.method != "none":
                 log(f"quantize: sized for {device}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
 
@@ -187,22 +182,19 @@ def preview_stages(recipe: Recipe, plan: Plan, *, device: str = "cpu", s3_option
     stages = ["compile"] if plan.backend in VENDOR_TARGETS else ["quantize", "compile"]
     upstream = model
     for stage in stages:
-        found = None
-        if upstream is not None:
-            settings = quantize_settings(recipe, device)[0] if stage == "quantize" else compile_settings(recipe, plan)
-            key = stage_key(stage, [upstream], settings)
-            found = cache.get(key)
-        detail = recipe.quantize.method if stage == "quantize" else plan.backend
-        previews.append(_preview(stage, found, key if upstream is not None else None, detail))
+        settings = sized_for_device(recipe.quantize, device)[0] if stage == "quantize" else compile_settings(recipe, plan)
+        key = stage_key(stage, [upstream], settings) if upstream is not None else None
+        found = cache.get(key) if key else None
+        previews.append(_preview(stage, found, key, recipe.quantize.method if stage == "quantize" else plan.backend))
         upstream = found
     previews.append(StagePreview(stage="publish", state="runs", detail=output_uri(recipe)))
     return previews
 
 
 def _preview(stage: str, found: Path | None, key: str | None, detail: str) -> StagePreview:
-    if found is not None:
-        return StagePreview(stage=stage, state="cached", key=key[:12] if key else None, detail=detail)
-    return StagePreview(stage=stage, state="runs", detail=detail)
+    if found is None or key is None:
+        return StagePreview(stage=stage, state="runs", detail=detail)
+    return StagePreview(stage=stage, state="cached", key=key[:12], detail=detail)
 
 
 def _log_estimates(plan: Plan, log: Log) -> None:

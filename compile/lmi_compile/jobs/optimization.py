@@ -24,6 +24,7 @@ from lmi_runtime.cli_support import as_user_error
 from lmi_runtime.config import load_serving_config
 from lmi_runtime.config.settings import Setting
 from lmi_runtime.errors import ConfigError, LmiError
+from lmi_runtime.safepath import safe_join
 
 REQUIRED = ("SM_NEO_INPUT_MODEL_DIR", "SM_NEO_COMPILED_MODEL_DIR", "SM_NEO_COMPILATION_ERROR_FILE")
 RECIPE_VARIABLE = "LMI_RECIPE"
@@ -77,11 +78,7 @@ def job_recipe(paths: NeoPaths, env: Mapping[str, str]) -> tuple[Recipe, str | N
 
 def _recipe_path(value: str, input_dir: Path) -> Path:
     path = Path(value)
-    if path.is_absolute():
-        return path
-    from lmi_runtime.safepath import safe_join
-
-    return safe_join(input_dir, value, ConfigError, f"{RECIPE_VARIABLE} path")
+    return path if path.is_absolute() else safe_join(input_dir, value, ConfigError, f"{RECIPE_VARIABLE} path")
 
 
 def error_text(err: LmiError) -> str:
