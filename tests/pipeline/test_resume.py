@@ -83,3 +83,17 @@ def test_a_run_killed_while_quantizing_finishes_from_the_cache(tmp_path, python,
     manifest = read_manifest(tmp_path / "artifact")
     verify_folder(tmp_path / "artifact", manifest)
     assert summary["bytes"] == sum(f.size for f in manifest.all_files())
+
+
+def test_dry_run_of_a_recipe_this_machine_cannot_build_says_where_run_would_stop(tmp_path, python, cli_env):
+    """A GPU recipe dry-runs on a workstation: the plan and the stages, and why `run` would stop."""
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "gpu", "source": {"uri": str(Path(__file__).parents[1] / "plan" / "data" / "llama-2-7b")},
+        "quantize": {"method": "fp8"}, "target": {"backend": "trtllm", "instance_type": "ml.g5.12xlarge"}}))
+    done = subprocess.run([python, "-m", "lmi_compile", "run", str(recipe), "--dry-run"], env=cli_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert "run would stop before fetching: fp8 needs FP8 tensor cores (sm_89+)" in said
+    assert list(_stages(done.stdout)) == ["plan", "fetch", "compile", "publish"]

@@ -39,11 +39,18 @@ def run(
 
 
 def _dry_run(recipe, instance_type: str | None, token: str | None, device: str, s3_options) -> None:
+    """The plan, then the stages; a plan this machine cannot build is said, not raised, so that a
+    GPU recipe can be dry-run on a workstation."""
     from lmi_compile.pipeline import preview_stages
-    from lmi_compile.stages.plan import checked_plan
-    from lmi_compile.plan import print_plan
+    from lmi_compile.plan import plan_recipe, print_plan
+    from lmi_compile.stages.plan import refuse_unbuildable
     from lmi_compile.summary import preview_text
+    from lmi_runtime.errors import LmiError
 
-    plan = checked_plan(recipe, instance_type=instance_type, token=token, device=device)
+    plan = plan_recipe(recipe, instance_type=instance_type, token=token, device=device)
     print_plan(plan, Console())
+    try:
+        refuse_unbuildable(recipe, plan)
+    except LmiError as err:
+        typer.echo(f"\nrun would stop before fetching: {err.message}" + (f" (hint: {err.hint})" if err.hint else ""))
     typer.echo("\nstages (nothing is run):\n" + preview_text(preview_stages(recipe, plan, device=device, s3_options=s3_options)))
