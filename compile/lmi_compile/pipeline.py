@@ -98,8 +98,7 @@ def stage_cache(recipe: Recipe) -> StageCache:
 
 
 def fetch_key(recipe: Recipe, s3_options: S3Options | None) -> str | None:
-    """The fetch stage's cache key, or None when the source cannot be pinned (a hub model is
-    not cached here: huggingface_hub's own cache already keeps its files)."""
+    """The fetch stage's cache key; None for sources not cached here (see `source_identity`)."""
     identity = source_identity(recipe.source, s3_options)
     if identity is None:
         return None
@@ -165,6 +164,7 @@ def _fetch(recipe: Recipe, stages: _Stages, s3_options: S3Options | None, token:
     """The fetched model: from the stage cache when the source is pinned and was fetched before."""
     key = fetch_key(recipe, s3_options)
     if key is None:
+        stages.log("fetch: running")
         return stages.timed("fetch", lambda: fetch(recipe.source, stages.work / "model", s3_options=s3_options, token=token))
     path = stages.cached("fetch", key, lambda out: fetch(recipe.source, out, s3_options=s3_options, token=token))
     source = recipe.source
@@ -178,7 +178,8 @@ def preview_stages(recipe: Recipe, plan: Plan, *, device: str = "cpu", s3_option
     previews = [StagePreview(stage="plan", state="done", detail=f"{plan.backend}, TP {plan.tp_degree}, {plan.dtype}")]
     key = fetch_key(recipe, s3_options)
     model = cache.get(key) if key else None
-    previews.append(_preview("fetch", model, key, recipe.source.uri if key else "not cached here: hub files are kept in the Hugging Face cache"))
+    why = "" if key else " (not cached here: a hub model is in the Hugging Face cache, a local folder is read in place)"
+    previews.append(_preview("fetch", model, key, recipe.source.uri + why))
     stages = ["compile"] if plan.backend in VENDOR_TARGETS else ["quantize", "compile"]
     upstream = model
     for stage in stages:

@@ -52,25 +52,19 @@ def fetch(spec: SourceSpec, out: Path, s3_options=None, token: str | None = None
 
 
 def source_identity(spec: SourceSpec, s3_options=None) -> dict | None:
-    """What pins the source's content, cheaply (for the fetch stage's cache key): the name, size
-    and mtime of each file of a local folder, archive or bundled model; the key, size and ETag of
-    each S3 object. None for a hub model (huggingface_hub's own cache already keeps its files).
-    A cached entry is still checked against its recorded sha256 before it is used."""
+    """What pins the content of a source worth caching (for the fetch stage's cache key): the key,
+    size and ETag of each S3 object; the name, size and mtime of each file of the bundled model.
+    None for the rest: a hub model is kept by huggingface_hub's own cache, and a local folder is
+    read in place (a cached copy would only double its disk use). A cached entry is still checked
+    against its recorded sha256 before it is used."""
     if is_bundled(spec.uri):
-        return _stat_identity(materialize(spec.uri))
+        folder = materialize(spec.uri)
+        return {"files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]}
     location = parse_uri(spec.uri, hub=True)
-    if location.kind == "hub":
+    if location.kind != "s3":
         return None
-    if location.kind == "s3":
-        listing = open_storage(location, s3_options).list()
-        return {"objects": sorted((k, v.size, v.version) for k, v in listing.items())}
-    return _stat_identity(location.path) if location.path.exists() else None
-
-
-def _stat_identity(path: Path) -> dict:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {"files": [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
-                      for f in files]}
+    listing = open_storage(location, s3_options).list()
+    return {"objects": sorted((k, v.size, v.version) for k, v in listing.items())}
 
 
 def _check_destination(out: Path) -> None:
