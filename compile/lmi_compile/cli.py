@@ -1,10 +1,16 @@
-"""`lmi-compile`: run a recipe, or one stage of it, from the command line."""
+"""`lmi-compile`: run a recipe, or one stage of it, from the command line.
+
+Every command is registered here, by name; a command raises, and `main` turns any failure into
+one `error: …` / `hint: …` message and a non-zero exit (a traceback only with --debug).
+"""
 
 from __future__ import annotations
 
 import typer
 
-from lmi_runtime.cli_support import DEBUG_HELP, set_debug
+from lmi_compile.commands import compile as compile_cmd
+from lmi_compile.commands import fetch, plan, publish, quantize, run, sagemaker
+from lmi_runtime.cli_support import DEBUG_HELP, exit_with_error, set_debug
 
 app = typer.Typer(
     name="lmi-compile",
@@ -20,11 +26,20 @@ def _root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None
     set_debug(debug)
 
 
-# Each command lives in lmi_compile.commands.<name> and registers itself on `app`.
-from lmi_compile.commands import register_all  # noqa: E402
-
-register_all(app)
+app.command("plan", help=plan.HELP)(plan.plan)
+app.command("fetch")(fetch.fetch_command)
+app.command("quantize")(quantize.quantize_command)
+app.command("compile")(compile_cmd.compile_command)
+app.command("publish")(publish.publish_command)
+app.command("run")(run.run)
+app.command("sagemaker-optimize")(sagemaker.sagemaker_optimize)
+app.command("sagemaker-process")(sagemaker.sagemaker_process)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure becomes one message
+        exit_with_error(err)

@@ -3,31 +3,36 @@
 Everything is written under a private work folder first; only `publish` touches the
 destination, and it writes the manifest last. So a failing stage (a quality gate missed, a
 bad model folder, an unreachable bucket) leaves nothing that a runtime would pick up.
-Quantize and compile outputs are kept in the stage cache, keyed on their inputs, settings
-and tool versions, so a re-run with the same recipe skips them.
+Fetch, quantize and compile outputs are kept in the stage cache, keyed on their inputs,
+settings and tool versions, so a re-run with the same recipe skips them, and a run killed in any
+stage resumes from the last stage it finished.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from lmi_compile.plan import Plan, plan_recipe
+from lmi_compile.plan import Plan
 from lmi_compile.plan.estimate import minutes
 from lmi_compile.quantize.defaults import resolve as sized_for_device
 from lmi_compile.quantize.report import QuantReport
 from lmi_compile.recipe import Recipe
 from lmi_compile.stage_cache import StageCache, stage_key
-from lmi_compile.stages.fetch import fetch
+from lmi_compile.stages.compile import compile_model, compile_settings, target_info
+from lmi_compile.stages.fetch import fetch, source_identity
+from lmi_compile.stages.plan import checked_plan
 from lmi_compile.stages.publish import ArtifactRef, publish
-from lmi_compile.targets import torch_target, vendor_stage
+from lmi_compile.summary import RunSummary, StagePreview, StageTime
+from lmi_compile.targets import vendor_stage
 from lmi_compile.workdir import new_work_folder
 from lmi_runtime.artifact.folder import build_manifest, write_manifest
-from lmi_runtime.artifact.manifest import Limits, ModelInfo, QuantizationInfo, TargetInfo
+from lmi_runtime.artifact.manifest import Limits, Manifest, ModelInfo, QuantizationInfo, TargetInfo
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
-from lmi_runtime.errors import ConfigError
+from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage.s3 import S3Options
 
 Log = Callable[[str], None]
@@ -37,11 +42,67 @@ Log = Callable[[str], None]
 class RunResult:
     plan: Plan
     artifact: ArtifactRef
-    cache_hits: list[str] = field(default_factory=list)
+    manifest: Manifest
+    stages: list[StageTime] = field(default_factory=list)
+    quality: QuantReport | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> RunSummary:
+        ref, plan, files = self.artifact, self.plan, self.manifest.all_files()
+        ppl = self.quality.perplexity if self.quality else None
+        return RunSummary(
+            artifact=ref.uri, manifest_sha256=ref.manifest_sha256, backend=plan.backend, tp_degree=plan.tp_degree,
+            dtype=plan.dtype, quantization=self.manifest.quantization.method, files=len(files),
+            bytes=sum(f.size for f in files), files_sent=len(ref.sent), files_unchanged=len(ref.skipped),
+            bytes_sent=ref.bytes_sent, quality=ppl.model_dump(mode="json") if ppl else None,
+            stages=self.stages, total_seconds=round(self.seconds, 3))
+
+
+@dataclass
+class _Stages:
+    """What the stages of one run share: the cache, the work folder and the log; records how
+    long each stage took and whether the cache held it (for the run's summary)."""
+
+    cache: StageCache
+    work: Path
+    log: Log
+    times: list[StageTime] = field(default_factory=list)
+
+    def timed(self, stage: str, produce: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        result = produce()
+        self.times.append(StageTime(stage=stage, seconds=round(time.monotonic() - started, 3)))
+        return result
+
+    def cached(self, stage: str, key: str, produce: Callable[[Path], None]) -> Path:
+        """The stage's output folder: from the cache, or produced now and stored there."""
+        started = time.monotonic()
+        path = self.cache.get(key)
+        hit = path is not None
+        if hit:
+            self.log(f"{stage}: cached ({key[:12]})")
+        else:
+            self.log(f"{stage}: running")
+            produce(self.work / stage)
+            path = self.cache.put(key, self.work / stage, stage=stage, move=True)
+        self.times.append(StageTime(stage=stage, seconds=round(time.monotonic() - started, 3), cached=hit))
+        return path
 
 
 def output_uri(recipe: Recipe) -> str:
     return recipe.output.uri.replace("{name}", recipe.name)
+
+
+def stage_cache(recipe: Recipe) -> StageCache:
+    return StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
+
+
+def fetch_key(recipe: Recipe, s3_options: S3Options | None) -> str | None:
+    """The fetch stage's cache key; None for sources not cached here (see `source_identity`)."""
+    identity = source_identity(recipe.source, s3_options)
+    if identity is None:
+        return None
+    return stage_key("fetch", [], {"source": recipe.source, "identity": identity})
 
 
 def run_recipe(
@@ -53,70 +114,88 @@ def run_recipe(
     device: str = "cpu",
     log: Log = print,
 ) -> RunResult:
-    plan = plan_recipe(recipe, instance_type=instance_type, token=token, device=device)
+    started = time.monotonic()
+    plan = checked_plan(recipe, instance_type=instance_type, token=token, device=device)
     vendor = plan.backend in VENDOR_TARGETS
-    if vendor:
-        vendor_stage.check(recipe, plan)  # before any download: unsupported combinations fail now
-    elif plan.quantization == "fp8":
-        raise ConfigError("fp8 is produced by ModelOpt for the trtllm target; the plan chose the torch target",
-                          hint="set target.backend: trtllm, or quantize.method awq / smoothquant / static_int8")
     _log_estimates(plan, log)
-    cache = StageCache(Path(recipe.output.cache_dir) if recipe.output.cache_dir else None)
-    hits: list[str] = []
     work = new_work_folder()  # also removes the work folders of killed runs
+    stages = _Stages(stage_cache(recipe), work, log)
+    stages.times.append(StageTime(stage="plan", seconds=round(time.monotonic() - started, 3)))
+    report = None
     try:
         log(f"fetch: {recipe.source.uri}")
-        model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
+        model = _fetch(recipe, stages, s3_options, token)
 
-        if vendor:
-            compiled = _cached(cache, "compile", model.path, vendor_stage.settings(recipe, plan),
-                               lambda out: vendor_stage.build(recipe, plan, model.path, out, log), work, hits, log)
-            target, quantization = vendor_stage.target_info(recipe, plan), vendor_stage.quantization_info(recipe, plan)
+        if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
+            source, quantization = model.path, vendor_stage.quantization_info(recipe, plan)
         else:
             qspec, chosen = sized_for_device(recipe.quantize, device)
             if chosen and qspec.method != "none":
                 log(f"quantize: sized for {device}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
 
             def quantize_into(out: Path) -> None:
-                from lmi_compile.quantize.stage import quantize
+                from lmi_compile.stages.quantize import quantize
 
                 quantize(model.path, qspec, out, device=device)
 
-            quantized = _cached(cache, "quantize", model.path, qspec, quantize_into, work, hits, log)
-            report = QuantReport.load(quantized)
+            source = stages.cached("quantize", stage_key("quantize", [model.path], qspec), quantize_into)
+            report = QuantReport.load(source)
             _log_quality(report, log)
-
-            def compile_into(out: Path) -> None:
-                torch_target.build(quantized, out, tp_degree=plan.tp_degree)
-
-            target_settings = {"backend": plan.backend, "tp_degree": plan.tp_degree, "dtype": plan.dtype}
-            compiled = _cached(cache, "compile", quantized, target_settings, compile_into, work, hits, log)
-            target, quantization = torch_target.describe(plan.tp_degree, plan.dtype), _quantization(report)
+            quantization = _quantization(report)
+        compiled = stages.cached("compile", stage_key("compile", [source], compile_settings(recipe, plan)),
+                                 lambda out: compile_model(recipe, plan, source, out, log))
+        target = target_info(recipe, plan)
 
         artifact = work / "artifact"
         shutil.copytree(compiled, artifact)
         serving = serving_options(plan)
         (artifact / "serving.properties").write_text("".join(f"{k}={v}\n" for k, v in serving.items()))
-        write_manifest(artifact, _manifest(artifact, recipe, plan, model.config, quantization, target, serving))
+        manifest = _manifest(artifact, recipe, plan, model.config, quantization, target, serving)
+        write_manifest(artifact, manifest)
         log(f"publish: {output_uri(recipe)}")
-        ref = publish(artifact, output_uri(recipe), s3_options=s3_options)
+        ref = stages.timed("publish", lambda: publish(artifact, output_uri(recipe), s3_options=s3_options))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return RunResult(plan=plan, artifact=ref, cache_hits=hits)
+    return RunResult(plan=plan, artifact=ref, manifest=manifest, stages=stages.times, quality=report,
+                     seconds=time.monotonic() - started)
 
 
-def _cached(cache: StageCache, stage: str, source: Path, settings, produce, work: Path, hits: list[str], log: Log) -> Path:
-    """Return the stage's output folder: from the cache, or produced now and stored there."""
-    key = stage_key(stage, [source], settings)
-    found = cache.get(key)
-    if found is not None:
-        hits.append(stage)
-        log(f"{stage}: cached ({key[:12]})")
-        return found
-    log(f"{stage}: running")
-    out = work / stage
-    produce(out)
-    return cache.put(key, out, stage=stage)
+def _fetch(recipe: Recipe, stages: _Stages, s3_options: S3Options | None, token: str | None) -> ModelDir:
+    """The fetched model: from the stage cache when the source is pinned and was fetched before."""
+    key = fetch_key(recipe, s3_options)
+    if key is None:
+        stages.log("fetch: running")
+        return stages.timed("fetch", lambda: fetch(recipe.source, stages.work / "model", s3_options=s3_options, token=token))
+    path = stages.cached("fetch", key, lambda out: fetch(recipe.source, out, s3_options=s3_options, token=token))
+    source = recipe.source
+    return validate_model_folder(path, source.allow_pickle, source.trust_remote_code, source=source.uri)
+
+
+def preview_stages(recipe: Recipe, plan: Plan, *, device: str = "cpu", s3_options: S3Options | None = None) -> list[StagePreview]:
+    """What `run` would do now: each stage and whether the stage cache already holds its output.
+    A stage whose input is not cached yet cannot be keyed, so it is shown as running."""
+    cache = stage_cache(recipe)
+    previews = [StagePreview(stage="plan", state="done", detail=f"{plan.backend}, TP {plan.tp_degree}, {plan.dtype}")]
+    key = fetch_key(recipe, s3_options)
+    model = cache.get(key) if key else None
+    why = "" if key else " (not cached here: a hub model is in the Hugging Face cache, a local folder is read in place)"
+    previews.append(_preview("fetch", model, key, recipe.source.uri + why))
+    stages = ["compile"] if plan.backend in VENDOR_TARGETS else ["quantize", "compile"]
+    upstream = model
+    for stage in stages:
+        settings = sized_for_device(recipe.quantize, device)[0] if stage == "quantize" else compile_settings(recipe, plan)
+        key = stage_key(stage, [upstream], settings) if upstream is not None else None
+        found = cache.get(key) if key else None
+        previews.append(_preview(stage, found, key, recipe.quantize.method if stage == "quantize" else plan.backend))
+        upstream = found
+    previews.append(StagePreview(stage="publish", state="runs", detail=output_uri(recipe)))
+    return previews
+
+
+def _preview(stage: str, found: Path | None, key: str | None, detail: str) -> StagePreview:
+    if found is None or key is None:
+        return StagePreview(stage=stage, state="runs", detail=detail)
+    return StagePreview(stage=stage, state="cached", key=key[:12], detail=detail)
 
 
 def _log_estimates(plan: Plan, log: Log) -> None:

@@ -108,11 +108,17 @@ class StageCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def put(self, key: str, folder: Path, stage: str = "") -> Path:
-        """Store a copy of `folder` under `key` (temp + rename; marker last) and push it to the remote."""
+    def put(self, key: str, folder: Path, stage: str = "", move: bool = False) -> Path:
+        """Store `folder` under `key` (temp + rename; marker last) and push it to the remote.
+        `move` hands the folder over instead of copying it (a renamed model of many GB is not
+        written twice when the work folder and the cache share a filesystem)."""
         staging = self._staging(key)
         try:
-            shutil.copytree(folder, staging, dirs_exist_ok=True, symlinks=False)
+            if move:
+                for item in folder.iterdir():
+                    shutil.move(item, staging / item.name)
+            else:
+                shutil.copytree(folder, staging, dirs_exist_ok=True, symlinks=False)
             files = [e for group in file_entries(staging, include_manifest=True).values() for e in group]
             entry = CacheEntry(key=key, stage=stage, files=files)
             path = self._commit(staging, entry)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Callable, TypeVar
+from typing import Callable, NoReturn, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -42,6 +42,20 @@ def as_user_error(err: BaseException) -> LmiError:
                     hint="run again with --debug for the traceback, and report it if the input was valid")
 
 
+def exit_with_error(err: Exception) -> NoReturn:
+    """Print `error: …` / `hint: …` for a failure and exit with its code; with --debug, the
+    traceback too (an unexpected error is re-raised whole)."""
+    if debug_enabled() and not isinstance(err, LmiError):
+        raise err
+    if debug_enabled():
+        import traceback
+
+        stderr.print(redact("".join(traceback.format_exception(err))), markup=False, highlight=False)
+    user = as_user_error(err)
+    print_error(user)
+    sys.exit(user.exit_code)
+
+
 def user_errors(fn: F) -> F:
     """Decorate a CLI command so that every error prints `error: …` / `hint: …` and exits non-zero."""
 
@@ -52,14 +66,6 @@ def user_errors(fn: F) -> F:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as err:  # noqa: BLE001 - every failure becomes one message
-            if debug_enabled() and not isinstance(err, LmiError):
-                raise
-            if debug_enabled():
-                import traceback
-
-                stderr.print(redact("".join(traceback.format_exception(err))), markup=False, highlight=False)
-            user = as_user_error(err)
-            print_error(user)
-            sys.exit(user.exit_code)
+            exit_with_error(err)
 
     return wrapper  # type: ignore[return-value]

@@ -76,7 +76,8 @@ def test_a_missed_quality_gate_fails_clearly_and_publishes_nothing(tmp_path, pyt
     assert "perplexity" in result.stderr and "Traceback" not in result.stderr
     assert _keys(s3, bucket, "gated") == []
     cache = tmp_path / "cache"
-    assert not cache.exists() or not any(cache.glob("*.json"))  # nothing cached either
+    cached = [json.loads(m.read_text())["stage"] for m in cache.glob("*.json") if len(m.stem) == 64]
+    assert cached == ["fetch"]  # the fetched model is reused by the next run; the refused quantization is not
 
 
 def test_lmi_serve_serves_the_published_s3_artifact(tmp_path, python, cli_env, s3, s3_env, bucket):

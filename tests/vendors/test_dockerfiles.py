@@ -62,10 +62,12 @@ def test_dockerfile_lint(name):
 
 @pytest.fixture()
 def fake_bin(tmp_path):
-    """An `lmi-serve` that prints its arguments, to see what the entry point runs."""
-    (tmp_path / "lmi-serve").write_text('#!/bin/sh\necho "lmi-serve $*"\n')
-    (tmp_path / "lmi-serve").chmod(0o755)
-    return {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    """`lmi-serve` and `lmi-compile` that print their arguments, to see what the entry point runs."""
+    for name in ("lmi-serve", "lmi-compile"):
+        (tmp_path / name).write_text(f'#!/bin/sh\necho "{name} $*"\n')
+        (tmp_path / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SM_NEO_EXECUTION_CONTEXT"}
+    return {**env, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -78,3 +80,11 @@ def test_entrypoint_answers_sagemaker_serve_and_runs_anything_else(fake_bin, arg
     done = subprocess.run(["sh", str(REPO / "scripts" / "docker-entrypoint.sh"), *argv], env=fake_bin,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == expected
+
+
+def test_entrypoint_runs_the_optimization_job_entry_in_a_neo_context(fake_bin):
+    """An optimization job's container runs with SM_NEO_EXECUTION_CONTEXT set: the job entry
+    runs whatever the arguments (here `serve`), never the server."""
+    done = subprocess.run(["sh", str(REPO / "scripts" / "docker-entrypoint.sh"), "serve"],
+                          env=fake_bin | {"SM_NEO_EXECUTION_CONTEXT": "1"}, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "lmi-compile sagemaker-optimize"

@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from rich.markup import escape
 
@@ -17,6 +20,16 @@ from lmi_runtime.cli_support import stderr
 from lmi_runtime.config import load_serving_config
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.redact import redact
+
+# Options several commands share, defined once.
+RecipeArgument = Annotated[Path | None, typer.Argument(
+    help="Recipe YAML file; omit to use LMI environment variables.", show_default=False)]
+PropertiesOption = Annotated[Path | None, typer.Option(
+    "--properties", help="serving.properties file (or a folder holding one), used without RECIPE.")]
+InstanceOption = Annotated[str | None, typer.Option(
+    "--for", help="Plan for this SageMaker instance type (e.g. ml.g5.12xlarge) instead of this machine.")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Device for quantization and its quality check (cpu or cuda).")]
+RetryOption = Annotated[int | None, typer.Option("--retry-count", help="S3 retries per request (default 3, or LMI_S3_RETRY_COUNT)")]
 
 
 @contextlib.contextmanager
@@ -46,3 +59,12 @@ def recipe_and_token(recipe: Path | None, properties: Path | None) -> tuple[Reci
     if config.hf_token:
         token = config.hf_token.get_secret_value()
     return recipe_from_serving_config(config), token
+
+
+def stage_logger() -> Callable[[str], None]:
+    """One line per pipeline event on stderr: colour on a terminal, plain text in a log
+    (rich drops its escape codes when stderr is not a terminal, e.g. in CloudWatch)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return lambda line: console.print(f"[cyan]{escape(line)}[/]", soft_wrap=True, highlight=False)

@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 
 from lmi_compile.plan import plan_json, plan_recipe, print_plan
-from lmi_compile.commands.common import printed_warnings, recipe_and_token
-from lmi_runtime.cli_support import user_errors
+from lmi_compile.commands.common import (InstanceOption, PropertiesOption, RecipeArgument, printed_warnings,
+                                         recipe_and_token)
 from lmi_runtime.config import PRECEDENCE_DOC
 
 HELP = f"""Decide backend, tensor-parallel degree, dtype, length limits and the KV-cache budget, each with its reason.
@@ -24,16 +24,10 @@ The hardware is this machine, probed (NVIDIA GPUs, Neuron devices, else the CPU)
 instance type given with --for (e.g. ml.g5.12xlarge, ml.p4d.24xlarge, ml.inf2.48xlarge)."""
 
 
-def register(app: typer.Typer) -> None:
-    app.command("plan", help=HELP)(plan)
-
-
-@user_errors
 def plan(
-    recipe: Path | None = typer.Argument(None, help="Recipe YAML file; omit to plan from LMI environment variables.",
-                                         show_default=False),
-    properties: Path | None = typer.Option(None, "--properties", help="serving.properties file (or a folder holding one), used without RECIPE."),
-    instance_type: str | None = typer.Option(None, "--for", help="Plan for this SageMaker instance type instead of this machine."),
+    recipe: RecipeArgument = None,
+    properties: PropertiesOption = None,
+    instance_type: InstanceOption = None,
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (stable keys) instead of a table."),
 ) -> None:
     with printed_warnings():

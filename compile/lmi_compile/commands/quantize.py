@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lmi_runtime.cli_support import user_errors
 from lmi_runtime.errors import ConfigError
-from lmi_compile.commands.common import printed_warnings
+from lmi_compile.commands.common import DeviceOption, printed_warnings
 from lmi_compile.recipe import QuantizeSpec, Recipe
 from lmi_compile.recipe_loader import read_recipe_file, section_from_dict
 
@@ -46,52 +45,49 @@ def _group_size(value: str | None) -> int | str | None:
         raise ConfigError(f"--group-size must be a number or 'auto', got '{value}'") from err
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("quantize")
-    @user_errors
-    def quantize_command(
-        model_dir: Path = typer.Argument(..., help="Hugging Face model folder to quantize."),
-        out: Path = typer.Option(..., "--out", help="New folder for the quantized model and its report."),
-        recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (its quantize: section)."),
-        method: Optional[str] = typer.Option(None, help="awq | gptq | smoothquant | static_int8 | none"),
-        bits: Optional[int] = typer.Option(None, help="Weight bits (4 or 8 for awq/gptq)."),
-        group_size: Optional[str] = typer.Option(None, "--group-size", help="Columns per scale, or 'auto'."),
-        symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="Zero point or not."),
-        desc_act: Optional[bool] = typer.Option(None, "--desc-act/--no-desc-act", help="GPTQ act-order."),
-        damp: Optional[float] = typer.Option(None, help="GPTQ dampening fraction."),
-        alpha: Optional[float] = typer.Option(None, help="SmoothQuant migration strength (0..1)."),
-        dataset: Optional[str] = typer.Option(None, help="Calibration text: builtin:NAME, a .txt/.jsonl file, hf:NAME."),
-        samples: Optional[int] = typer.Option(None, help="Calibration samples."),
-        seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per calibration sample."),
-        eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Held-out tokens for perplexity."),
-        max_ppl_increase: Optional[float] = typer.Option(
-            None, "--max-ppl-increase", help="Fail if perplexity rises by more than this fraction (0.05 = +5%)."
-        ),
-        device: str = typer.Option("cpu", help="cpu or cuda."),
-        allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle .bin weights when no safetensors exist (they can run code)."),
-    ) -> None:
-        """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
-        with printed_warnings():
-            spec = load_spec(recipe, {
-                "method": method,
-                "bits": bits,
-                "group_size": _group_size(group_size),
-                "symmetric": symmetric,
-                "desc_act": desc_act,
-                "damp": damp,
-                "alpha": alpha,
-                "calibration.dataset": dataset,
-                "calibration.num_samples": samples,
-                "calibration.seq_len": seq_len,
-                "quality.max_tokens": eval_tokens,
-                "quality.max_ppl_increase": max_ppl_increase,
-            })
-        from lmi_compile.quantize import REPORT_NAME, quantize
-        from lmi_runtime.modelfolder import validate_model_folder
+def quantize_command(
+    model_dir: Path = typer.Argument(..., help="Hugging Face model folder to quantize."),
+    out: Path = typer.Option(..., "--out", help="New folder for the quantized model and its report."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (its quantize: section)."),
+    method: Optional[str] = typer.Option(None, help="awq | gptq | smoothquant | static_int8 | none"),
+    bits: Optional[int] = typer.Option(None, help="Weight bits (4 or 8 for awq/gptq)."),
+    group_size: Optional[str] = typer.Option(None, "--group-size", help="Columns per scale, or 'auto'."),
+    symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="Zero point or not."),
+    desc_act: Optional[bool] = typer.Option(None, "--desc-act/--no-desc-act", help="GPTQ act-order."),
+    damp: Optional[float] = typer.Option(None, help="GPTQ dampening fraction."),
+    alpha: Optional[float] = typer.Option(None, help="SmoothQuant migration strength (0..1)."),
+    dataset: Optional[str] = typer.Option(None, help="Calibration text: builtin:NAME, a .txt/.jsonl file, hf:NAME."),
+    samples: Optional[int] = typer.Option(None, help="Calibration samples."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per calibration sample."),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Held-out tokens for perplexity."),
+    max_ppl_increase: Optional[float] = typer.Option(
+        None, "--max-ppl-increase", help="Fail if perplexity rises by more than this fraction (0.05 = +5%)."
+    ),
+    device: DeviceOption = "cpu",
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle .bin weights when no safetensors exist (they can run code)."),
+) -> None:
+    """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
+    with printed_warnings():
+        spec = load_spec(recipe, {
+            "method": method,
+            "bits": bits,
+            "group_size": _group_size(group_size),
+            "symmetric": symmetric,
+            "desc_act": desc_act,
+            "damp": damp,
+            "alpha": alpha,
+            "calibration.dataset": dataset,
+            "calibration.num_samples": samples,
+            "calibration.seq_len": seq_len,
+            "quality.max_tokens": eval_tokens,
+            "quality.max_ppl_increase": max_ppl_increase,
+        })
+    from lmi_compile.quantize import REPORT_NAME, quantize
+    from lmi_runtime.modelfolder import validate_model_folder
 
-        validate_model_folder(model_dir, allow_pickle=allow_pickle)  # the same rules as fetch: no pickle unless allowed
-        result = quantize(model_dir, spec, out, device=device)
-        _print_summary(result.report, result.model_dir / REPORT_NAME)
+    validate_model_folder(model_dir, allow_pickle=allow_pickle)  # the same rules as fetch: no pickle unless allowed
+    result = quantize(model_dir, spec, out, device=device)
+    _print_summary(result.report, result.model_dir / REPORT_NAME)
 
 
 def _print_summary(report, report_path: Path) -> None:

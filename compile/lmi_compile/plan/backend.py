@@ -28,6 +28,22 @@ def torch_path(spec: ModelSpec) -> str:
     return f"generic transformers implementation ({spec.model_type} has no compact implementation)"
 
 
+def refuse_encoder_decoder(model_config: dict, requested: str) -> None:
+    """Encoder-decoder models (T5, BART, …) have no target here; say so at plan time instead of
+    planning them as a decoder: the torch runtime loads causal LMs only, and the trtllm target
+    builds decoder-only checkpoints and engines (TensorRT-LLM's enc-dec path is another workflow)."""
+    if not model_config.get("is_encoder_decoder"):
+        return
+    arch = (model_config.get("architectures") or [model_config.get("model_type", "this model")])[0]
+    on = "any target" if requested == "auto" else f"the {requested} target"
+    raise ConfigError(
+        f"{arch} is an encoder-decoder model, which {on} of lmi-compile cannot serve: the torch runtime "
+        "loads decoder-only (causal LM) checkpoints, the trtllm target builds decoder-only models, and "
+        "optimum-neuron's text-generation export is decoder-only too",
+        hint="serve encoder-decoder models such as Flan-T5 with LMI's lmi-dist container "
+             "(option.rolling_batch=lmi-dist), or choose a decoder-only model")
+
+
 def choose_backend(requested: str, hardware: Hardware, spec: ModelSpec, quantization: str) -> tuple[str, str]:
     """(backend, reason). An explicit choice is checked against the hardware; `auto` decides."""
     arch = spec.architecture or spec.model_type

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from lmi_compile.plan.backend import choose_backend
+from lmi_compile.plan.backend import choose_backend, refuse_encoder_decoder
 from lmi_compile.plan.estimate import Estimates, estimate
 from lmi_compile.plan.instances import INSTANCES, instance_hardware
 from lmi_compile.plan.memory import KvCachePlan, kv_cache_plan
@@ -146,8 +146,9 @@ def choose_lengths(backend: str, spec: ModelSpec, limits: LimitsSpec) -> tuple[i
 def make_plan(recipe: Recipe, model_config: dict[str, Any], hardware: Hardware,
               hardware_reason: str = "given", device: str | None = None) -> Plan:
     """`device`: where quantization runs (default: a GPU when the hardware has one, else the CPU)."""
-    spec = ModelSpec.from_config(model_config)
     target, limits, quant = recipe.target, recipe.limits, recipe.quantize
+    refuse_encoder_decoder(model_config, target.backend)
+    spec = ModelSpec.from_config(model_config)
     reasons = [Decision(decision="hardware", value=hardware.describe(), reason=hardware_reason)]
 
     backend, why = choose_backend(target.backend, hardware, spec, quant.method)

@@ -9,7 +9,7 @@ __all__ = ["REPORT_NAME", "QuantReport", "QuantResult", "quantize"]
 
 def __getattr__(name: str):
     if name in ("QuantResult", "quantize"):
-        from lmi_compile.quantize import stage
+        from lmi_compile.stages import quantize as stage
 
         return getattr(stage, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,1 +1,3 @@
-"""Pipeline stages: each one a function from a typed input to a typed output."""
+"""The pipeline's stages, one module each, each a typed function from its input to its output:
+plan (recipe → Plan), fetch (source → model folder), quantize (model folder → quantized folder +
+report), compile (model folder → the target's files), publish (artifact folder → destination)."""

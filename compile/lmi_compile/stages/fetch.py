@@ -51,6 +51,22 @@ def fetch(spec: SourceSpec, out: Path, s3_options=None, token: str | None = None
     return replace(model, path=out)
 
 
+def source_identity(spec: SourceSpec, s3_options=None) -> dict | None:
+    """What pins the content of a source worth caching (for the fetch stage's cache key): the key,
+    size and ETag of each S3 object; the name, size and mtime of each file of the bundled model.
+    None for the rest: a hub model is kept by huggingface_hub's own cache, and a local folder is
+    read in place (a cached copy would only double its disk use). A cached entry is still checked
+    against its recorded sha256 before it is used."""
+    if is_bundled(spec.uri):
+        folder = materialize(spec.uri)
+        return {"files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()]}
+    location = parse_uri(spec.uri, hub=True)
+    if location.kind != "s3":
+        return None
+    listing = open_storage(location, s3_options).list()
+    return {"objects": sorted((k, v.size, v.version) for k, v in listing.items())}
+
+
 def _check_destination(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / PROVENANCE).exists())):
         raise ConfigError(
