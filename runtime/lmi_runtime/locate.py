@@ -137,6 +137,30 @@ def _download(uri: str, env: dict[str, str]) -> Path:
     return dest
 
 
+def served_profile(location: Path) -> Profile | None:
+    """The profile lmi-serve serves from the artifact at `location` (logged with the reason);
+    None for a plain model folder."""
+    if not (location / MANIFEST_NAME).exists():
+        return None
+    return choose_profile(read_manifest(location.resolve()), pinned_profile())
+
+
+def profiles_report(artifact: str | None) -> str:
+    """`lmi-serve --list-profiles ARTIFACT`: the profiles, grouped for this machine."""
+    from lmi_runtime.artifact.profiles import grouped_report
+
+    if artifact is None:
+        raise ModelFolderError("--list-profiles needs an ARTIFACT", hint="lmi-serve --list-profiles PATH_OR_S3_URI")
+    if artifact.startswith("s3://"):
+        from lmi_runtime.artifact.download import fetch_manifest
+        from lmi_runtime.storage.s3 import S3Options
+
+        manifest, _ = fetch_manifest(artifact, S3Options.from_env())
+    else:
+        manifest = read_manifest(resolve_location(artifact).resolve())
+    return grouped_report(manifest, probe())
+
+
 def choose_profile(manifest: Manifest, pinned: str | None = None, say: bool = True) -> Profile:
     """The profile to serve on this machine (probed), logged with the reason when `say`."""
     profile, why = choose(manifest, probe(), pinned)
@@ -156,7 +180,7 @@ def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: str 
     against this runtime and its files against the manifest (sha256 skipped with `verify=False`)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify, rank, profile or pinned_profile())
+        files = _artifact_files(path, verify, rank, profile or pinned_profile(), say=rank == 0 and profile is None)
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
@@ -176,10 +200,11 @@ def _refuse_links_out(root: Path, files: ModelFiles) -> None:
         safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
 
 
-def _artifact_files(root: Path, verify: bool = True, rank: int = 0, pinned: str | None = None) -> ModelFiles:
+def _artifact_files(root: Path, verify: bool = True, rank: int = 0, pinned: str | None = None,
+                    say: bool = True) -> ModelFiles:
     everything = read_manifest(root)  # paths checked: nothing may point outside the artifact
     # hardware, toolchain, device count and memory: checked while choosing (artifact.profiles)
-    profile = choose_profile(everything, pinned, say=rank == 0)
+    profile = choose_profile(everything, pinned, say)
     manifest = everything.only(profile.name)
     target = manifest.target
     cache = HashCache(serve_cache_root() / "verified-digests.json")

@@ -79,7 +79,7 @@ def build_manifest(root: Path, **info) -> Manifest:
 
 def manifest_bytes(manifest: Manifest) -> bytes:
     check_manifest_paths(manifest)
-    return (manifest.model_dump_json(indent=2) + "\n").encode()
+    return (manifest.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:

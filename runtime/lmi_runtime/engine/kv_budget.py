@@ -83,7 +83,8 @@ def kv_cache_plan(*, memory_per_device: int, utilization: float, weights_per_dev
 
 
 def pool_blocks(budget_bytes: int, bytes_per_token: int, block_size: int, max_batch_size: int, max_len: int) -> int:
-    """Blocks the runtime allocates: the budget in whole blocks, at most what a full batch of
-    max-length sequences can use (+1 spare), at least 2."""
-    useful = max_batch_size * math.ceil(max_len / block_size) + 1
-    return max(2, min(useful, max(0, budget_bytes) // (bytes_per_token * block_size)))
+    """Blocks the runtime allocates: the budget in whole blocks (so the pool holds the plan's
+    tokens, rounded down to a block), at most what a full batch of max-length sequences can use,
+    plus block 0, the scratch block; at least 2."""
+    useful = max_batch_size * math.ceil(max_len / block_size)
+    return 1 + max(1, min(useful, max(0, budget_bytes) // (bytes_per_token * block_size)))
