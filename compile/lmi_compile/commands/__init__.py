@@ -6,7 +6,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES: list[str] = ["plan", "fetch", "quantize", "run", "publish"]
+COMMAND_MODULES: list[str] = ["plan", "fetch", "quantize", "run", "publish", "check"]
 
 
 def register_all(app: typer.Typer) -> None:

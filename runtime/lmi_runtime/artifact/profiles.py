@@ -28,7 +28,7 @@ from lmi_runtime.hardware import INSTANCES, Hardware, instance_hardware
 log = logging.getLogger("lmi_runtime.profiles")
 Status = Literal["runnable", "too little memory", "incompatible"]
 PROFILE_ENV = "LMI_PROFILE"
-SERVABLE = {"cpu": ("torch",), "cuda": ("trtllm", "torch"), "neuron": ("neuron", "torch")}  # preferred first
+SERVABLE = {"cpu": ("torch",), "cuda": ("trtllm", "torch"), "neuron": ("neuron",)}  # preferred first
 DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "auto": 16}
 
 
