@@ -84,6 +84,11 @@ def run_recipe(
     try:
         log(f"fetch: {recipe.source.uri}")
         model = fetch(recipe.source, work / "model", s3_options=s3_options, token=token)
+        uri = output_uri(recipe)
+        model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
+                               architecture=(model.config.get("architectures") or [None])[0],
+                               config_digest=hashlib.sha256((model.path / "config.json").read_bytes()).hexdigest())
+        existing = _published(uri, model_info, s3_options)  # another model there: refused before any work
 
         if vendor:
             compiled = _cached(cache, "compile", model.path, vendor_stage.settings(recipe, plan),
@@ -110,17 +115,12 @@ def run_recipe(
             compiled = _cached(cache, "compile", quantized, target_settings, compile_into, work, hits, log)
             target, quantization = torch_target.describe(plan.tp_degree, plan.dtype), _quantization(report)
 
-        uri = output_uri(recipe)
-        model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
-                               architecture=(model.config.get("architectures") or [None])[0],
-                               config_digest=hashlib.sha256((model.path / "config.json").read_bytes()).hexdigest())
-        existing = _published(uri, model_info, s3_options)
         name = profile_name(recipe, plan)
         at_root = existing is None or (name in existing.profiles and not existing.profiles[name].folder)
         folder = "" if at_root else profile_folder(name)
         artifact = work / "artifact"
         _lay_out(compiled, artifact, folder, existing)
-        profile = _profile(name, folder, plan, target, quantization)
+        profile = plan_profile(name, folder, plan, target, quantization)
         (artifact / folder / "serving.properties").write_text(properties_text(profile))
         manifest = _merged(artifact, model_info, profile, existing)
         write_manifest(artifact, manifest)
@@ -175,7 +175,7 @@ def profile_limits(plan: Plan) -> Limits:
                   max_input_len=plan.max_input_len, max_total_len=plan.max_total_len, kv_cache=plan.kv_cache)
 
 
-def _profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantization: QuantizationInfo) -> Profile:
+def plan_profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantization: QuantizationInfo) -> Profile:
     """What the profile needs: TP × PP devices with room for weights, reserve and one full-length
     sequence. A torch profile planned for an accelerator needs that kind (its dtype and KV budget
     are the accelerator's); one planned on a CPU runs anywhere."""

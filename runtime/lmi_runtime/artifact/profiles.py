@@ -8,7 +8,8 @@ Each profile is assessed against the machine's hardware and installed toolchain:
 - runnable.
 The best runnable profile wins: preferred backend for the machine (a compiled engine on its
 own accelerator before portable torch weights), then lower precision (fewer weight bits, then a
-smaller dtype: more room for the KV cache), then more planned KV-cache tokens. `LMI_PROFILE`
+smaller dtype: more room for the KV cache; float32 first on a CPU, where half precision is slow),
+then more planned KV-cache tokens. `LMI_PROFILE`
 (`--profile`) pins one; a pin that cannot run here is refused with its reason.
 """
 
@@ -104,8 +105,11 @@ def preference(profile: Profile, hardware: Hardware) -> tuple:
     backend = order.index(profile.target.backend) if profile.target.backend in order else len(order)
     bits = profile.quantization.settings.get("bits") if profile.quantization.method != "none" else None
     weight_bits = bits if isinstance(bits, int) else (8 if profile.quantization.method != "none" else 99)
+    dtype_bits = DTYPE_BITS.get(profile.target.dtype, 16)
+    if hardware.kind == "cpu":  # half-precision matmuls are slow or missing on CPUs: float32 first there
+        dtype_bits = 0 if profile.target.dtype == "float32" else dtype_bits
     kv = profile.limits.kv_cache
-    return backend, weight_bits, DTYPE_BITS.get(profile.target.dtype, 16), -(kv.tokens if kv else 0), profile.name
+    return backend, weight_bits, dtype_bits, -(kv.tokens if kv else 0), profile.name
 
 
 def assess_all(manifest: Manifest, hardware: Hardware, running: dict[str, str] | None = None) -> list[Assessment]:
@@ -140,7 +144,8 @@ def choose(manifest: Manifest, hardware: Hardware, pinned: str | None = None,
     best = runnable[0]
     others = [a for a in found if a is not best]
     why = best.reason if len(found) == 1 else (
-        f"{best.reason}; preferred: backend {best.profile.target.backend} for {hardware.kind}, then lower precision"
+        f"{best.reason}; preferred: backend {best.profile.target.backend} for {hardware.kind}, then "
+        + ("float32 on a CPU" if hardware.kind == "cpu" else "lower precision")
         + "".join(f"; not {a.profile.name}: {a.status if a.status != 'runnable' else 'ranked lower'}" for a in others))
     return best.profile, why
 
