@@ -85,7 +85,7 @@ def test_too_little_memory_says_what_would_fit():
     verdict = assess(big, SMALL_CPU, running={})
     assert verdict.status == "too little memory"
     assert "needs 2.88 GiB per device" in verdict.reason and "offers 1.80 GiB" in verdict.reason
-    assert "would fit with an instance with more memory per device (ml.g4dn" in verdict.reason
+    assert "would fit with a device with at least 3.2 GiB (at utilization 0.9)" in verdict.reason
     report = grouped_report(Manifest(model=ModelInfo(source="x"), profiles={"big": big}), SMALL_CPU, running={})
     assert report.split("compatible but too little memory:")[1].split("incompatible:")[0].strip().startswith("big (")
     with pytest.raises(ArtifactError, match="no profile of this artifact runs on this machine: big: needs 2.88 GiB"):

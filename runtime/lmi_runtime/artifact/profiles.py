@@ -24,7 +24,7 @@ from lmi_runtime.artifact.manifest import Manifest, Profile
 from lmi_runtime.artifact.toolchain import DISTRIBUTIONS, check_target, installed_versions
 from lmi_runtime.engine.kv_budget import GiB
 from lmi_runtime.errors import ArtifactError
-from lmi_runtime.hardware import INSTANCES, Hardware, instance_hardware
+from lmi_runtime.hardware import Hardware
 
 log = logging.getLogger("lmi_runtime.profiles")
 Status = Literal["runnable", "too little memory", "incompatible"]
@@ -80,24 +80,17 @@ def _usable(profile: Profile, hardware: Hardware) -> int:
 
 
 def what_fits(profile: Profile, hardware: Hardware) -> str:
-    """The shortest way out: a shorter max_total_len, or instance types with enough memory per device."""
+    """The ways out: a shorter max_total_len, or devices with enough memory (lmi-compile check
+    --for INSTANCE tries a named instance type)."""
     kv, need = profile.limits.kv_cache, memory_need(profile) or 0
-    room = _usable(profile, hardware) - (kv.weights_per_device + kv.activation_reserve if kv else need)
-    ways = []
-    if kv is not None and room >= kv.bytes_per_token * 16:
-        ways.append(f"max_total_len ≤ {room // kv.bytes_per_token:,} tokens")
     utilization = kv.utilization if kv is not None else 0.9
-    bigger = sorted((instance_hardware(n).memory_per_unit, "ml." + n) for n in INSTANCES
-                    if INSTANCES[n][0].kind == (hardware.kind if hardware.kind != "cpu" else "cuda")
-                    and instance_hardware(n).memory_per_unit * utilization >= need)
-    names = []
-    for _, name in bigger:
-        if len(names) == 3:
-            break
-        names.append(name)
-    if names:
-        ways.append("an instance with more memory per device (" + ", ".join(names) + ")")
-    return "would fit with " + " or ".join(ways) if ways else "no instance type in the table holds it"
+    ways = []
+    if kv is not None:
+        room = _usable(profile, hardware) - kv.weights_per_device - kv.activation_reserve
+        if room >= kv.bytes_per_token * 16:
+            ways.append(f"max_total_len ≤ {room // kv.bytes_per_token:,} tokens (now {profile.limits.max_total_len:,})")
+    ways.append(f"a device with at least {need / utilization / GiB:.1f} GiB (at utilization {utilization})")
+    return "would fit with " + " or ".join(ways)
 
 
 def preference(profile: Profile, hardware: Hardware) -> tuple:
