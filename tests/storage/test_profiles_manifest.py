@@ -97,3 +97,11 @@ def test_a_profile_needing_more_gpus_than_the_machine_has_is_incompatible():
                                                                                   hardware=HardwareRequirement(kind="cuda"))})
     verdict = assess(wide, A10G, running={})
     assert verdict.status == "incompatible" and "needs 4 devices (TP 4 × PP 1)" in verdict.reason
+
+
+def test_a_torch_profile_tied_to_another_gpu_arch_is_incompatible():
+    h100_only = _planned("h100").model_copy(update={"target": TargetInfo(
+        backend="torch", hardware=HardwareRequirement(kind="cuda", arch="sm_90"))})
+    verdict = assess(h100_only, A10G, running={})
+    assert verdict.status == "incompatible"
+    assert "built for cuda sm_90, but this machine has ml.g5.2xlarge: 1 × NVIDIA A10G" in verdict.reason

@@ -4,6 +4,7 @@
 | target | field                         | policy | why |
 |--------|-------------------------------|--------|-----|
 | all    | hardware kind (cuda / neuron) | refuse | the files cannot run on another kind of accelerator |
+| torch  | GPU arch, when recorded       | refuse | a kernel cache is compiled for one SM version |
 | trtllm | GPU arch, engine mode         | refuse | engines are compiled for one SM version |
 | trtllm | GPU arch, checkpoint mode     | warn   | a checkpoint loads on any GPU TensorRT-LLM supports (FP8 needs sm_89+, refused then) |
 | trtllm | tensorrt_llm, engine mode     | refuse | engines load only in the exact version that built them |
@@ -56,6 +57,8 @@ def check_target(target: TargetInfo, hardware: Hardware, running: dict[str, str]
             hint=f"compile it again with lmi-compile run (target {target.backend}) in the {IMAGES[target.backend]} image")
     if kind != "any" and hardware.kind != kind:
         _refuse(target, f"{kind} {wanted_hw.arch or ''}".strip(), hardware.describe(), "hardware")
+    if not needed and wanted_hw.arch and wanted_hw.arch != hardware.arch:  # torch: a kernel cache for one GPU
+        _refuse(target, f"{kind} {wanted_hw.arch}", hardware.describe(), "GPU architecture")
     warnings: list[str] = []
     if target.backend == "trtllm":
         engine = wanted_hw.mode == "engine"
