@@ -7,8 +7,9 @@ files and the shared ones, and for a tensor-parallel profile every other rank's 
 worker process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
 ~/.cache/lmi-serve). An artifact with several profiles serves the best one for this machine
 (`artifact.profiles`), or the one `LMI_PROFILE` pins; a profile outside the root is served
-from a folder of links (the shared files, overlaid by the profile's own). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
-serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
+from a folder of links (the shared files, overlaid by the profile's own). Without an argument:
+`/opt/ml/model` when it holds files (SageMaker; its serving.properties may name the model with
+option.model_id, as in LMI), else `HF_MODEL_ID`.
 
 Verify before load, always: a local artifact is checked like a downloaded one. Presence,
 sizes and files outside the manifest are checked at once; the sha256 of config, tokenizer and
