@@ -57,3 +57,14 @@ def test_check_refuses_a_tampered_artifact(smollm2_dir, smollm2_artifact, tmp_pa
     first = json.loads(done.stdout)["checks"][0]
     assert first["check"] == "manifest and checksums" and first["status"] == "fail"
     assert "sha256 mismatch: config.json" in first["detail"]
+
+
+def test_check_on_this_machine_and_a_pinned_profile(smollm2_dir, smollm2_artifact, tmp_path, python, cli_env):
+    art = profiled_artifact(smollm2_artifact, tmp_path / "art", [planned_profile(smollm2_dir, "cpu", "", CPU)])
+    here = _check(python, cli_env, {}, str(art), "--json")
+    assert here.returncode == 0, here.stdout + here.stderr
+    assert json.loads(here.stdout)["profile"] == "cpu"
+    pinned = _check(python, cli_env, {}, str(art), "--profile", "nope", "--json")
+    assert pinned.returncode == 1
+    row = json.loads(pinned.stdout)["checks"][1]
+    assert row == {"check": "profile", "status": "fail", "detail": "no profile 'nope' (the artifact has cpu)"}
