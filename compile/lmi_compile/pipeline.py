@@ -1,7 +1,11 @@
 """`lmi-compile run`: plan → fetch → quantize → compile → publish, one typed stage at a time.
 
 Everything is written under a private work folder first; only `publish` touches the
-destination, and it writes the manifest last. So a failing stage (a quality gate missed, a
+destination, and it writes the manifest last. The run's result is one *profile* of the model
+(backend, precision, hardware, limits); when the destination already holds an artifact of the
+same model (same config.json digest), the profile is added to it (or replaces the one of the
+same name) under `profiles/<name>/`: only its own files are sent, and the manifest, merging the
+profiles, is written last. So a failing stage (a quality gate missed, a
 bad model folder, an unreachable bucket) leaves nothing that a runtime would pick up.
 Fetch, quantize and compile outputs are kept in the stage cache, keyed on their inputs,
 settings and tool versions, so a re-run with the same recipe skips them, and a run killed in any
@@ -10,6 +14,7 @@ stage resumes from the last stage it finished.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,10 +34,23 @@ from lmi_compile.stages.publish import ArtifactRef, publish
 from lmi_compile.summary import RunSummary, StagePreview, StageTime
 from lmi_compile.targets import vendor_stage
 from lmi_compile.workdir import new_work_folder
-from lmi_runtime.artifact.folder import build_manifest, write_manifest
-from lmi_runtime.artifact.manifest import Limits, Manifest, ModelInfo, QuantizationInfo, TargetInfo
+from lmi_runtime.artifact.folder import file_entries, group_of, parse_manifest, write_manifest
+from lmi_runtime.artifact.limits import properties_text
+from lmi_runtime.artifact.manifest import (
+    MANIFEST_NAME,
+    SHARED_GROUP,
+    Limits,
+    Manifest,
+    ModelInfo,
+    Profile,
+    QuantizationInfo,
+    TargetInfo,
+    profile_folder,
+)
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
+from lmi_runtime.errors import ArtifactError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
+from lmi_runtime.storage import open_storage
 from lmi_runtime.storage.s3 import S3Options
 
 Log = Callable[[str], None]
@@ -125,6 +143,11 @@ def run_recipe(
     try:
         log(f"fetch: {recipe.source.uri}")
         model = _fetch(recipe, stages, s3_options, token)
+        uri = output_uri(recipe)
+        model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
+                               architecture=(model.config.get("architectures") or [None])[0],
+                               config_digest=hashlib.sha256((model.path / "config.json").read_bytes()).hexdigest())
+        existing = _published(uri, model_info, s3_options)  # another model there: refused before any work
 
         if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
             source, quantization = model.path, vendor_stage.quantization_info(recipe, plan)
@@ -146,14 +169,17 @@ def run_recipe(
                                  lambda out: compile_model(recipe, plan, source, out, log))
         target = target_info(recipe, plan)
 
+        name = profile_name(recipe, plan)
+        at_root = existing is None or (name in existing.profiles and not existing.profiles[name].folder)
+        folder = "" if at_root else profile_folder(name)
         artifact = work / "artifact"
-        shutil.copytree(compiled, artifact)
-        serving = serving_options(plan)
-        (artifact / "serving.properties").write_text("".join(f"{k}={v}\n" for k, v in serving.items()))
-        manifest = _manifest(artifact, recipe, plan, model.config, quantization, target, serving)
+        _lay_out(compiled, artifact, folder, existing)
+        profile = plan_profile(name, folder, plan, target, quantization)
+        (artifact / folder / "serving.properties").write_text(properties_text(profile))
+        manifest = _merged(artifact, model_info, profile, existing)
         write_manifest(artifact, manifest)
-        log(f"publish: {output_uri(recipe)}")
-        ref = stages.timed("publish", lambda: publish(artifact, output_uri(recipe), s3_options=s3_options))
+        log(f"publish: {uri} (profile {name}" + (f", added to the {len(existing.profiles)} there)" if existing else ")"))
+        ref = stages.timed("publish", lambda: publish(artifact, uri, s3_options=s3_options, local_only=existing is not None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RunResult(plan=plan, artifact=ref, manifest=manifest, stages=stages.times, quality=report,
@@ -214,41 +240,83 @@ def _log_quality(report: QuantReport, log: Log) -> None:
         log(f"quality: perplexity {ppl.original:.3f} → {ppl.quantized:.3f} ({ppl.relative_increase:+.2%}, {limit})")
 
 
-def serving_options(plan: Plan) -> dict[str, str]:
-    """What an endpoint needs to serve the artifact as planned; shipped as serving.properties
-    (LMI's convention, without option.model_id: the artifact's location is the model)."""
-    return {
-        "option.rolling_batch": plan.backend,
-        "option.dtype": plan.dtype,
-        "option.tensor_parallel_degree": str(plan.tp_degree),
-        "option.max_rolling_batch_size": str(plan.max_batch_size),
-        "job_queue_size": str(plan.max_concurrent_requests),
-        "option.max_input_len": str(plan.max_input_len),
-        "option.n_positions": str(plan.max_total_len),
-    }
+def profile_name(recipe: Recipe, plan: Plan) -> str:
+    """The recipe's `profile`, else backend-quantization-dtype (e.g. torch-static-int8-float32)."""
+    if recipe.profile:
+        return recipe.profile
+    parts = [plan.backend, *([plan.quantization] if plan.quantization != "none" else []), plan.dtype]
+    return "-".join(parts).replace("_", "-")
+
+
+def profile_limits(plan: Plan) -> Limits:
+    """The plan's limits as the profile's one record."""
+    return Limits(max_batch_size=plan.max_batch_size, max_concurrent_requests=plan.max_concurrent_requests,
+                  max_input_len=plan.max_input_len, max_total_len=plan.max_total_len, kv_cache=plan.kv_cache)
+
+
+def plan_profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantization: QuantizationInfo) -> Profile:
+    """What the profile needs: TP × PP devices with room for weights, reserve and one full-length
+    sequence. A torch profile planned for an accelerator needs that kind (its dtype and KV budget
+    are the accelerator's); one planned on a CPU runs anywhere."""
+    update = {"device_count": plan.tp_degree * plan.pp_degree,
+              "memory_per_device": plan.kv_cache.needed_bytes(plan.max_total_len)}
+    if target.hardware.kind == "any" and plan.hardware.kind != "cpu":
+        update["kind"] = plan.hardware.kind
+    target = target.model_copy(update={"hardware": target.hardware.model_copy(update=update)})
+    return Profile(name=name, folder=folder, target=target, quantization=quantization, limits=profile_limits(plan))
+
+
+def _published(uri: str, model: ModelInfo, s3_options) -> Manifest | None:
+    """The manifest already at the destination, if any; refused if it is another model's."""
+    found = open_storage(uri, s3_options).get_bytes(MANIFEST_NAME)
+    if found is None:
+        return None
+    existing = parse_manifest(found[0], f"{uri}/{MANIFEST_NAME}")
+    theirs = existing.model
+    same = (theirs.config_digest == model.config_digest if theirs.config_digest
+            else (theirs.source, theirs.revision) == (model.source, model.revision))
+    if not same:
+        raise ArtifactError(
+            f"{uri} already holds an artifact of another model ({theirs.source}, config.json sha256 "
+            f"{(theirs.config_digest or 'not recorded')[:12]}; this run's is {(model.config_digest or '')[:12]}): "
+            "a profile can only be added to an artifact of the same model",
+            hint="publish to another output.uri (or --out), or remove the artifact there first")
+    return existing
+
+
+def _lay_out(compiled: Path, artifact: Path, folder: str, existing: Manifest | None) -> None:
+    """The compiled output in the artifact layout. A new artifact: as compiled, at the root. An
+    added profile: its rank folders and every file not already shared byte for byte (its own
+    config.json after quantization, say) under its folder; shared files stay at the root."""
+    if not folder:
+        shutil.copytree(compiled, artifact)
+        if existing is not None:  # the root profile again: the other profiles rely on the shared files
+            shared = {e.path: e.sha256 for e in existing.files.get(SHARED_GROUP, [])}
+            changed = [e.path for e in file_entries(artifact).get(SHARED_GROUP, []) if shared.get(e.path) != e.sha256]
+            if changed:
+                raise ArtifactError(f"profile at the artifact root would change the shared files {', '.join(changed)}",
+                                    hint="give the recipe another profile name, or publish to a new location")
+        return
+    shared = {e.path: e.sha256 for e in existing.files.get(SHARED_GROUP, [])} if existing else {}
+    for entry in [e for group in file_entries(compiled).values() for e in group]:
+        same = shared.get(entry.path) == entry.sha256 and group_of(entry.path) == SHARED_GROUP
+        target = artifact / entry.path if same else artifact / folder / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(compiled / entry.path, target)
+
+
+def _merged(artifact: Path, model: ModelInfo, profile: Profile, existing: Manifest | None) -> Manifest:
+    """This run's profile and files, plus the other profiles (and their files) already published."""
+    files = file_entries(artifact)
+    if existing is None:
+        return Manifest(model=model, profiles={profile.name: profile}, files=files)
+    kept = {g: e for g, e in existing.files.items() if g != SHARED_GROUP and not profile.owns(g)}
+    shared = existing.files.get(SHARED_GROUP, []) if profile.folder else files.get(SHARED_GROUP, [])
+    profiles = {**{k: p for k, p in existing.profiles.items() if k != profile.name}, profile.name: profile}
+    groups = {**kept, **{g: e for g, e in files.items() if g != SHARED_GROUP}, SHARED_GROUP: shared}
+    return Manifest(model=model, profiles=profiles, files=groups)
 
 
 def _quantization(report: QuantReport) -> QuantizationInfo:
     return QuantizationInfo(method=report.method, settings=report.settings,
                             report=report.model_dump(mode="json", exclude={"method", "settings"}))
-
-
-def _manifest(artifact: Path, recipe: Recipe, plan: Plan, config: dict, quantization: QuantizationInfo,
-              target: TargetInfo, serving: dict[str, str]):
-    return build_manifest(
-        artifact,
-        model=ModelInfo(
-            source=recipe.source.uri,
-            revision=recipe.source.revision,
-            architecture=(config.get("architectures") or [None])[0],
-        ),
-        quantization=quantization,
-        target=target,
-        limits=Limits(
-            max_batch_size=plan.max_batch_size,
-            max_input_len=plan.max_input_len,
-            max_total_len=plan.max_total_len,
-            kv_cache=plan.kv_cache.model_dump(mode="json"),
-        ),
-        serving=serving,
-    )

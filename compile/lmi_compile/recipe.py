@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmi_runtime.artifact.manifest import PROFILE_NAME
 from lmi_runtime.config.schema import check_queue_holds_batch
 
 QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]  # fp8: trtllm (ModelOpt) only
@@ -111,6 +112,8 @@ class OutputSpec(Section):
 class Recipe(Section):
     # Substituted into output.uri ({name}): a plain name, so that `../x` cannot leave the output root.
     name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    # The profile this run adds to the artifact (several share one output); None: backend-quantization-dtype
+    profile: str | None = Field(None, pattern=PROFILE_NAME)
     source: SourceSpec
     quantize: QuantizeSpec = Field(default_factory=QuantizeSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)

@@ -10,6 +10,7 @@ an error event that says so, and the process exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,8 @@ quiet_environment()  # before anything imports tqdm (it reads TQDM_DISABLE at im
 from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr, user_errors  # noqa: E402
 from lmi_runtime.config.engine_settings import engine_config, tgi_compat  # noqa: E402
 from lmi_runtime.errors import ConfigError, LmiError, debug_enabled  # noqa: E402
-from lmi_runtime.locate import resolve_location  # noqa: E402
+from lmi_runtime.artifact.profiles import PROFILE_ENV  # noqa: E402
+from lmi_runtime.locate import profiles_report, resolve_location, served_profile  # noqa: E402
 
 log = logging.getLogger("lmi_runtime")
 
@@ -44,7 +46,7 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (env OPTION_DTYPE)."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
     backend: Optional[str] = typer.Option(None, help="auto | torch | transformers."),
-    kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: what GPU memory leaves; 2 on CPU)."),
+    kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: the artifact's planned budget, else what GPU memory leaves; 2 on CPU)."),
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="No compiled layers or CUDA graphs: a faster start, a slower decode (env OPTION_ENFORCE_EAGER)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
     tensor_parallel_degree: Optional[str] = typer.Option(None, envvar="TENSOR_PARALLEL_DEGREE", help="Ranks to run; must match the artifact's split ('max' or unset: the artifact's)."),
@@ -54,11 +56,18 @@ def serve(
     skip_verify: bool = typer.Option(False, "--skip-verify", help="Load an artifact without checking its files' sha256 against the manifest (you accept tampered or corrupt weights)."),
     drain_seconds: float = typer.Option(30.0, "--drain-seconds", min=0, max=3600, help="On SIGTERM, how long requests in flight may still run."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1, max=600, help="Seconds a client may take to send its request headers (slow clients are dropped)."),
+    profile: Optional[str] = typer.Option(None, "--profile", envvar=PROFILE_ENV, help="Serve this profile of the artifact (env LMI_PROFILE); default: the best one for this machine."),
+    list_profiles: bool = typer.Option(False, "--list-profiles", help="Print the artifact's profiles grouped as runnable here / too little memory / incompatible, and exit."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Serve a model: SageMaker /ping and /invocations (LMI schema), OpenAI /v1/*, /metrics."""
     set_debug(debug)
     configure_logging(log_level)
+    if profile:
+        os.environ[PROFILE_ENV] = profile  # the s3 download and tensor-parallel workers read it too
+    if list_profiles:
+        typer.echo(profiles_report(artifact))
+        return
     import uvicorn
 
     from lmi_runtime.server.app import create_app
@@ -84,7 +93,9 @@ def serve(
             log.info("loading %s", artifact or "the default model location")
             location = resolve_location(artifact)
             state.tgi_compat = tgi_compat(model_dir=location)
-            load_into(state, location, engine_config(options, model_dir=location), verify=not skip_verify)
+            chosen = served_profile(location)  # None for a plain model folder
+            load_into(state, location, engine_config(options, model_dir=location, profile=chosen),
+                      verify=not skip_verify, profile=chosen.name if chosen else None)
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
             error = as_user_error(err)
             state.load_error = f"loading failed: {error.message}"

@@ -2,11 +2,14 @@
 
 `lmi-serve [ARTIFACT]` takes a local folder (a plain Hugging Face folder, or an artifact root
 with `lmi-artifact.json` whose weights sit under `rank0/` while config and tokenizer are at the
-root) or an `s3://` artifact, downloaded through the storage layer (rank 0's files and the
-shared ones, and for a tensor-parallel artifact every other rank's shard for its worker
-process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
-~/.cache/lmi-serve). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
-serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
+root) or an `s3://` artifact, downloaded through the storage layer (the chosen profile's rank 0
+files and the shared ones, and for a tensor-parallel profile every other rank's shard for its
+worker process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
+~/.cache/lmi-serve). An artifact with several profiles serves the best one for this machine
+(`artifact.profiles`), or the one `LMI_PROFILE` pins; a profile outside the root is served
+from a folder of links (the shared files, overlaid by the profile's own). Without an argument:
+`/opt/ml/model` when it holds files (SageMaker; its serving.properties may name the model with
+option.model_id, as in LMI), else `HF_MODEL_ID`.
 
 Verify before load, always: a local artifact is checked like a downloaded one. Presence,
 sizes and files outside the manifest are checked at once; the sha256 of config, tokenizer and
@@ -20,8 +23,11 @@ what is served), so an unlisted file is as dangerous as an altered one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,8 +36,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lmi_runtime.artifact.folder import read_manifest, verify_folder
-from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest
-from lmi_runtime.artifact.toolchain import check_here
+from lmi_runtime.artifact.manifest import MANIFEST_NAME, SHARED_GROUP, Manifest, Profile
+from lmi_runtime.artifact.profiles import choose, pinned_profile
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
 from lmi_runtime.checksums import HashCache
 from lmi_runtime.errors import ArtifactError, ModelFolderError
@@ -39,6 +45,7 @@ from lmi_runtime.hardware import probe
 from lmi_runtime.modelfolder import TOKENIZER_FILES, read_config_file
 from lmi_runtime.safepath import safe_join
 
+log = logging.getLogger("lmi_runtime.locate")
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 SERVABLE_TARGETS = {"torch"}
 
@@ -47,8 +54,9 @@ SERVABLE_TARGETS = {"torch"}
 class ModelFiles:
     root: Path  # config.json and tokenizer files
     weights: list[Path]  # safetensors files
-    manifest: Manifest | None = None
+    manifest: Manifest | None = None  # narrowed to the profile being served
     verification: Future | None = None  # the weights' sha256 check, running while they load
+    artifact: Path | None = None  # the artifact root, when `root` is a profile's folder of links
 
     def wait_verified(self) -> None:
         """Block until the background sha256 check of the weights is done; raise what it found."""
@@ -117,14 +125,49 @@ def _model_id_in_properties(folder: Path) -> str | None:
 
 
 def _download(uri: str, env: dict[str, str]) -> Path:
-    from lmi_runtime.artifact.download import download_artifact
+    """Only the profile this machine serves (and the shared files)."""
+    from lmi_runtime.artifact.download import download_artifact, fetch_manifest
     from lmi_runtime.storage.s3 import S3Options
 
     dest = serve_cache_root(env) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    manifest = download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env())
-    for rank in range(1, manifest.target.tp_degree if manifest.target.backend in SERVABLE_TARGETS else 1):
-        download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env())  # the workers' own shards
+    manifest, _ = fetch_manifest(uri, S3Options.from_env())
+    profile = choose_profile(manifest, pinned_profile(env), say=False)
+    target = profile.target
+    for rank in range(target.tp_degree if target.backend in SERVABLE_TARGETS else 1):  # the workers' own shards too
+        download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env(), profile=profile.name)
     return dest
+
+
+def served_profile(location: Path) -> Profile | None:
+    """The profile lmi-serve serves from the artifact at `location` (logged with the reason);
+    None for a plain model folder."""
+    if not (location / MANIFEST_NAME).exists():
+        return None
+    return choose_profile(read_manifest(location.resolve()), pinned_profile())
+
+
+def profiles_report(artifact: str | None) -> str:
+    """`lmi-serve --list-profiles ARTIFACT`: the profiles, grouped for this machine."""
+    from lmi_runtime.artifact.profiles import grouped_report
+
+    if artifact is None:
+        raise ModelFolderError("--list-profiles needs an ARTIFACT", hint="lmi-serve --list-profiles PATH_OR_S3_URI")
+    if artifact.startswith("s3://"):
+        from lmi_runtime.artifact.download import fetch_manifest
+        from lmi_runtime.storage.s3 import S3Options
+
+        manifest, _ = fetch_manifest(artifact, S3Options.from_env())
+    else:
+        manifest = read_manifest(resolve_location(artifact).resolve())
+    return grouped_report(manifest, probe())
+
+
+def choose_profile(manifest: Manifest, pinned: str | None = None, say: bool = True) -> Profile:
+    """The profile to serve on this machine (probed), logged with the reason when `say`."""
+    profile, why = choose(manifest, probe(), pinned)
+    if say:
+        log.info("serving profile %s (%s): %s", profile.name, profile.describe(), why)
+    return profile
 
 
 def serve_cache_root(env: dict[str, str] | None = None) -> Path:
@@ -132,13 +175,13 @@ def serve_cache_root(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
 
 
-def inspect_folder(path: Path, verify: bool = True, rank: int = 0) -> ModelFiles:
-    """Find config, tokenizer and weights (a tensor-parallel rank's own shard); check an
-    artifact's manifest against this runtime and its files against the manifest (sha256
-    skipped with `verify=False`)."""
+def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: str | None = None) -> ModelFiles:
+    """Find config, tokenizer and weights (a tensor-parallel rank's own shard); choose the
+    artifact's profile for this machine (`profile`, else LMI_PROFILE, else the best), check it
+    against this runtime and its files against the manifest (sha256 skipped with `verify=False`)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify, rank)
+        files = _artifact_files(path, verify, rank, profile or pinned_profile(), say=rank == 0 and profile is None)
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
@@ -158,21 +201,17 @@ def _refuse_links_out(root: Path, files: ModelFiles) -> None:
         safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
 
 
-def _artifact_files(root: Path, verify: bool = True, rank: int = 0) -> ModelFiles:
-    manifest = read_manifest(root)  # paths checked: nothing may point outside the artifact
+def _artifact_files(root: Path, verify: bool = True, rank: int = 0, pinned: str | None = None,
+                    say: bool = True) -> ModelFiles:
+    everything = read_manifest(root)  # paths checked: nothing may point outside the artifact
+    # hardware, toolchain, device count and memory: checked while choosing (artifact.profiles)
+    profile = choose_profile(everything, pinned, say)
+    manifest = everything.only(profile.name)
     target = manifest.target
-    if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout and toolchain check
-        check_here(target, manifest.quantization.method)
-        cache = HashCache(serve_cache_root() / "verified-digests.json")
-        verify_folder(root, manifest, manifest.group_for_rank(0), cache=cache, hash_digests=verify)
-        return ModelFiles(root, [], manifest)
-    if target.backend not in SERVABLE_TARGETS:
-        raise ArtifactError(
-            f"this artifact was compiled for the '{target.backend}' backend; this runtime serves "
-            f"{', '.join(sorted(SERVABLE_TARGETS))} artifacts",
-            hint=f"serve it with the {target.backend} image, or compile for target torch",
-        )
-    _check_hardware(target.hardware)
+    cache = HashCache(serve_cache_root() / "verified-digests.json")
+    if target.backend in VENDOR_TARGETS:  # trtllm / neuron: their own layout
+        verify_folder(root, everything, manifest.group_for_rank(0), cache=cache, hash_digests=verify)
+        return ModelFiles(_profile_root(root, manifest), [], manifest, artifact=root)
     if target.pp_degree != 1:
         raise ArtifactError(
             f"this artifact is split for PP={target.pp_degree}; the torch backend of lmi-serve has no pipeline parallelism",
@@ -181,37 +220,44 @@ def _artifact_files(root: Path, verify: bool = True, rank: int = 0) -> ModelFile
     entries = manifest.group_for_rank(rank)
     weight_entries = [e for e in entries if e.path.endswith(".safetensors")]
     small = [e for e in entries if not e.path.endswith(".safetensors")]
-    cache = HashCache(serve_cache_root() / "verified-digests.json")
     # Presence, sizes and extras of everything, plus the sha256 of what is read before the
-    # weights (config, tokenizer, ...): now. The weights' sha256: while they load.
-    verify_folder(root, manifest, small, cache=cache, hash_digests=verify)
-    verify_folder(root, manifest, weight_entries, hash_digests=False)
-    weights = sorted(root / e.path for e in weight_entries)
-    if not weights:
+    # weights (config, tokenizer, ...): now. The weights' sha256: while they load. Extras are
+    # judged against every profile's files: another profile's are not extra.
+    verify_folder(root, everything, small, cache=cache, hash_digests=verify)
+    verify_folder(root, everything, weight_entries, hash_digests=False)
+    if not weight_entries:
         raise ArtifactError(f"the manifest of {root} lists no safetensors weights for rank {rank}",
                             hint="rebuild the artifact")
-    files = ModelFiles(root, weights, manifest)
+    model_root = _profile_root(root, manifest)
+    weights = sorted(model_root / _in_profile(e.path, profile) for e in weight_entries)
+    files = ModelFiles(model_root, weights, manifest, artifact=root)
     if verify:
         pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")
-        files.verification = pool.submit(verify_folder, root, manifest, weight_entries, cache=cache)
+        files.verification = pool.submit(verify_folder, root, everything, weight_entries, cache=cache)
         pool.shutdown(wait=False)
     return files
 
 
-def _check_hardware(wanted: dict) -> None:
-    """Refuse an artifact built for other hardware (a kernel cache or engine for another GPU)."""
-    kind = wanted.get("kind", "any")
-    if kind == "any":
-        return
-    here = probe()
-    arch = wanted.get("arch")
-    if here.kind != kind or (arch and here.arch != arch):
-        built = kind + (f" {arch}" if arch else "")
-        raise ArtifactError(
-            f"this artifact was built for {built}, but this machine has {here.describe()}",
-            hint="compile the artifact for this hardware (lmi-compile run on the same GPU type), "
-            "or serve it on the hardware it was built for",
-        )
+def _in_profile(path: str, profile: Profile) -> str:
+    """A file's path as the model sees it: relative to its profile's folder."""
+    return path[len(profile.folder) + 1:] if profile.folder and path.startswith(profile.folder + "/") else path
+
+
+def _profile_root(root: Path, manifest: Manifest) -> Path:
+    """The root itself for the profile at the root; for another, a folder of links to the shared
+    files overlaid by the profile's own (its config.json, if it has one, wins)."""
+    profile = manifest.profile
+    if not profile.folder:
+        return root
+    view = Path(tempfile.mkdtemp(prefix="lmi-serve-profile-"))
+    atexit.register(shutil.rmtree, view, True)
+    ordered = manifest.files.get(SHARED_GROUP, []) + [e for g, es in manifest.files.items() if g != SHARED_GROUP for e in es]
+    for entry in ordered:
+        link = view / _in_profile(entry.path, profile)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(root / entry.path)
+    return view
 
 
 def _safetensors_in(folder: Path) -> list[Path]:

@@ -1,6 +1,6 @@
 """`lmi-compile plan` end to end (a subprocess, as users run it), checked against hand arithmetic.
 
-The KV-cache formula (compile/lmi_compile/plan/memory.py), per device:
+The KV-cache formula (runtime/lmi_runtime/engine/kv_budget.py, which the planner and the runtime share), per device:
     usable   = memory × 0.9
     weights  = parameters × dtype_bytes / tp
     reserve  = 1 GiB + max_num_tokens × (2·hidden + 2·intermediate·experts_per_token / tp) × dtype_bytes

@@ -83,16 +83,17 @@ def test_artifact_problems_are_refused(artifact, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(artifact, broken, symlinks=True)
     manifest = json.loads((broken / "lmi-artifact.json").read_text())
-    manifest["target"]["backend"] = "trtllm"
+    target = manifest["profiles"]["default"]["target"]
+    target["backend"] = "trtllm"
     (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="compiled for the 'trtllm' backend"):
         inspect_folder(broken)
-    manifest["target"]["backend"] = "torch"
-    manifest["target"]["hardware"] = {"kind": "cuda", "arch": "sm_90"}  # e.g. an H100 kernel cache
+    target["backend"] = "torch"
+    target["hardware"] = {"kind": "cuda", "arch": "sm_90"}  # e.g. an H100 kernel cache
     (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="built for cuda sm_90, but this machine has"):
         inspect_folder(broken)
-    manifest["target"]["hardware"] = {"kind": "any"}
+    target["hardware"] = {"kind": "any"}
     manifest["files"]["rank0"][0]["path"] = "../../etc/passwd"
     (broken / "lmi-artifact.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="unsafe manifest path '../../etc/passwd'"):

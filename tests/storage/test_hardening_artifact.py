@@ -85,16 +85,16 @@ def test_unknown_or_malformed_format_version_is_refused(art, version):
     else:
         manifest["format_version"] = version
     (art / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="this build reads format_version 1"):
+    with pytest.raises(ArtifactError, match="this build reads format_version 1, 2"):
         inspect_folder(art)
 
 
 def test_s3_artifact_with_an_unknown_format_version_is_refused(smollm2_artifact, tmp_path, bucket, options):
     manifest = json.loads((smollm2_artifact / MANIFEST_NAME).read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     storage = open_storage(f"s3://{bucket}/art", options)
     push(smollm2_artifact, [], storage, MANIFEST_NAME, json.dumps(manifest).encode())
-    with pytest.raises(ArtifactError, match="format_version 2; this build reads format_version 1"):
+    with pytest.raises(ArtifactError, match="format_version 3; this build reads format_version 1, 2"):
         download_artifact(f"s3://{bucket}/art", tmp_path / "dl", rank=0, s3_options=options)
     assert not (tmp_path / "dl" / "config.json").exists()  # refused before any data moved
 

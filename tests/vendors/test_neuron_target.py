@@ -62,7 +62,7 @@ def test_llama2_7b_on_inf2_24xlarge_exports(plan_for, interfaces):
     assert "auto_cast_type" in interfaces["optimum_neuron"]["decoder_export_ignores"]
     assert "--auto_cast_type" not in argv
     info = neuron.describe(plan, {"neuronx-cc": neuron.NEURONX_CC_VERSION})
-    assert info.hardware["neuron_core_version"] == "v2" and info.tp_degree == 8
+    assert info.hardware.neuron_core_version == "v2" and info.tp_degree == 8
 
 
 def test_export_command_parses_with_the_real_optimum_neuron_parser(plan_for, vendor_python):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmi_runtime.artifact.folder import digest_of, read_manifest, verify_folder
+from lmi_runtime.artifact.folder import digest_of, read_manifest, scan_files, verify_folder
 from lmi_runtime.artifact.manifest import MANIFEST_NAME
 from lmi_runtime.artifact.transfer import push
 from lmi_runtime.errors import ConfigError
@@ -31,14 +31,20 @@ class ArtifactRef:
     tool: str
 
 
-def publish(artifact_dir: Path, dest: str, s3_options=None) -> ArtifactRef:
+def publish(artifact_dir: Path, dest: str, s3_options=None, local_only: bool = False) -> ArtifactRef:
+    """`local_only`: the manifest also lists files already published (a profile added to an
+    artifact): verify and send only the ones in `artifact_dir`."""
     artifact_dir = artifact_dir.expanduser().absolute()
     manifest = read_manifest(artifact_dir)
-    verify_folder(artifact_dir, manifest)
+    entries = manifest.all_files()
+    if local_only:
+        present = set(scan_files(artifact_dir))
+        entries = [e for e in entries if e.path in present]
+    verify_folder(artifact_dir, manifest, entries)
     location = parse_uri(dest)
     _refuse_overlap(artifact_dir, location.path if location.kind == "local" else None, dest)
     data = (artifact_dir / MANIFEST_NAME).read_bytes()
-    report = push(artifact_dir, manifest.all_files(), open_storage(location, s3_options), MANIFEST_NAME, data)
+    report = push(artifact_dir, entries, open_storage(location, s3_options), MANIFEST_NAME, data)
     return ArtifactRef(
         uri=location.uri, manifest_sha256=digest_of(data), sent=report.sent.keys, skipped=report.skipped,
         bytes_sent=report.sent.bytes, seconds=report.sent.seconds, tool=report.sent.tool,

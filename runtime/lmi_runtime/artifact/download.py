@@ -1,5 +1,6 @@
 """Download a published artifact: the manifest first (no manifest = not published), then only
-the files this process needs (shared + its rank), each verified against the manifest."""
+the files this process needs (shared + one profile's, of its rank), each verified against the
+manifest."""
 
 from __future__ import annotations
 
@@ -13,25 +14,36 @@ from lmi_runtime.errors import ArtifactError
 from lmi_runtime.storage import open_storage
 from lmi_runtime.storage.local import atomic_write
 
+_RANK = re.compile(r"(?:^|/)rank(\d+)$")
 
-def download_artifact(uri: str, dest: Path, rank: int | None = None, s3_options=None) -> Manifest:
-    """Fetch the artifact at `uri` into `dest` (all ranks when `rank` is None) and return its
-    manifest, written to `dest` last so a half download never looks complete."""
-    storage = open_storage(uri, s3_options)
-    found = storage.get_bytes(MANIFEST_NAME)
+
+def fetch_manifest(uri: str, s3_options=None) -> tuple[Manifest, bytes]:
+    """The published manifest, parsed, and its bytes."""
+    found = open_storage(uri, s3_options).get_bytes(MANIFEST_NAME)
     if found is None:
         raise ArtifactError(
             f"{uri} has no {MANIFEST_NAME}",
             hint="nothing was published there, or a publish is still running (the manifest is written last)",
         )
-    manifest = parse_manifest(found[0], f"{uri}/{MANIFEST_NAME}")
+    return parse_manifest(found[0], f"{uri}/{MANIFEST_NAME}"), found[0]
+
+
+def download_artifact(uri: str, dest: Path, rank: int | None = None, s3_options=None,
+                      profile: str | None = None) -> Manifest:
+    """Fetch the artifact at `uri` into `dest` (all ranks when `rank` is None; one profile's
+    files and the shared ones when `profile` is given, else every profile's) and return its
+    manifest, written to `dest` last so a half download never looks complete."""
+    storage = open_storage(uri, s3_options)
+    manifest, data = fetch_manifest(uri, s3_options)
+    wanted = manifest.only(profile) if profile is not None else manifest
     if rank is None:
-        entries = manifest.all_files()
+        entries = wanted.all_files()
     else:
-        ranks = sorted(int(g[4:]) for g in manifest.files if re.fullmatch(r"rank\d+", g))
-        if ranks and rank_group(rank) not in manifest.files:
+        folder = wanted.profile.folder
+        ranks = sorted(int(m.group(1)) for g in wanted.files if (m := _RANK.search(g)))
+        if ranks and rank_group(rank, folder) not in wanted.files:
             raise ArtifactError(f"{uri} has no files for rank {rank} (it has ranks {ranks})", hint="start as many ranks as the artifact was built for")
-        entries = manifest.group_for_rank(rank)
+        entries = wanted.group_for_rank(rank)
     pull(storage, entries, dest)
-    atomic_write(dest / MANIFEST_NAME, lambda handle: handle.write(found[0]))
+    atomic_write(dest / MANIFEST_NAME, lambda handle: handle.write(data))
     return manifest

@@ -15,21 +15,32 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from lmi_runtime.artifact.manifest import MANIFEST_NAME, READABLE_FORMAT_VERSIONS, SHARED_GROUP, FileEntry, Manifest
+from lmi_runtime.artifact.manifest import (
+    MANIFEST_NAME,
+    PROFILES_DIR,
+    READABLE_FORMAT_VERSIONS,
+    SHARED_GROUP,
+    FileEntry,
+    Manifest,
+)
 from lmi_runtime.checksums import HashCache, hash_files
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.safepath import check_relpath, safe_join
 from lmi_runtime.storage.local import TMP_PREFIX, atomic_write
 
 _RANK_DIR = re.compile(r"^rank(\d+)$")
-_GROUP = re.compile(r"^(shared|rank\d+)$")
+_GROUP = re.compile(r"^(shared|rank\d+|profiles/[A-Za-z0-9][A-Za-z0-9._-]{0,63}(/rank\d+)?)$")
 MAX_MANIFEST_BYTES = 64 << 20
 
 
 def group_of(path: str) -> str:
-    """`rank{N}/…` → `rank{N}`; everything else → `shared`."""
-    top = path.split("/", 1)[0]
-    return top if "/" in path and _RANK_DIR.match(top) else SHARED_GROUP
+    """`rank{N}/…` → `rank{N}`; `profiles/<name>/rank{N}/…` → `profiles/<name>/rank{N}`; other files
+    of `profiles/<name>/` → `profiles/<name>`; everything else → `shared`."""
+    parts = path.split("/")
+    if parts[0] == PROFILES_DIR and len(parts) > 2:
+        folder = "/".join(parts[:2])
+        return f"{folder}/{parts[2]}" if len(parts) > 3 and _RANK_DIR.match(parts[2]) else folder
+    return parts[0] if len(parts) > 1 and _RANK_DIR.match(parts[0]) else SHARED_GROUP
 
 
 def scan_files(root: Path, include_manifest: bool = False) -> list[str]:
@@ -68,7 +79,7 @@ def build_manifest(root: Path, **info) -> Manifest:
 
 def manifest_bytes(manifest: Manifest) -> bytes:
     check_manifest_paths(manifest)
-    return (manifest.model_dump_json(indent=2) + "\n").encode()
+    return (manifest.model_dump_json(indent=2, exclude_none=True) + "\n").encode()
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
@@ -125,7 +136,10 @@ def check_manifest_paths(manifest: Manifest) -> None:
     seen: set[str] = set()
     for group, entries in manifest.files.items():
         if not _GROUP.match(group):
-            raise ArtifactError(f"manifest has an unknown file group {group!r}", hint="groups are 'shared' and 'rank{N}'")
+            raise ArtifactError(f"manifest has an unknown file group {group!r}",
+                                hint="groups are 'shared', 'rank{N}' and 'profiles/<name>[/rank{N}]'")
+        if group != SHARED_GROUP and not any(p.owns(group) for p in manifest.profiles.values()):
+            raise ArtifactError(f"manifest has files in {group!r}, which no profile owns", hint="re-build the manifest")
         for entry in entries:
             check_relpath(entry.path, ArtifactError, "manifest path")
             if entry.path == MANIFEST_NAME or entry.path in seen:

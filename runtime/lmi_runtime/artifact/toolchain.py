@@ -4,6 +4,7 @@
 | target | field                         | policy | why |
 |--------|-------------------------------|--------|-----|
 | all    | hardware kind (cuda / neuron) | refuse | the files cannot run on another kind of accelerator |
+| torch  | GPU arch, when recorded       | refuse | a kernel cache is compiled for one SM version |
 | trtllm | GPU arch, engine mode         | refuse | engines are compiled for one SM version |
 | trtllm | GPU arch, checkpoint mode     | warn   | a checkpoint loads on any GPU TensorRT-LLM supports (FP8 needs sm_89+, refused then) |
 | trtllm | tensorrt_llm, engine mode     | refuse | engines load only in the exact version that built them |
@@ -47,7 +48,7 @@ def check_target(target: TargetInfo, hardware: Hardware, running: dict[str, str]
                  quantization: str = "none") -> list[str]:
     """Raise ArtifactError on a mismatch that cannot work; return one warning per harmless one."""
     wanted_hw, built = target.hardware, target.toolchain
-    kind = wanted_hw.get("kind", "any")
+    kind = wanted_hw.kind
     needed = VENDOR_KINDS.get(target.backend)
     if needed and kind != needed:
         raise ArtifactError(
@@ -55,18 +56,20 @@ def check_target(target: TargetInfo, hardware: Hardware, running: dict[str, str]
             f"{kind} hardware instead of {needed}",
             hint=f"compile it again with lmi-compile run (target {target.backend}) in the {IMAGES[target.backend]} image")
     if kind != "any" and hardware.kind != kind:
-        _refuse(target, f"{kind} {wanted_hw.get('arch', '')}".strip(), hardware.describe(), "hardware")
+        _refuse(target, f"{kind} {wanted_hw.arch or ''}".strip(), hardware.describe(), "hardware")
+    if not needed and wanted_hw.arch and wanted_hw.arch != hardware.arch:  # torch: a kernel cache for one GPU
+        _refuse(target, f"{kind} {wanted_hw.arch}", hardware.describe(), "GPU architecture")
     warnings: list[str] = []
     if target.backend == "trtllm":
-        engine = wanted_hw.get("mode") == "engine"
-        arch = wanted_hw.get("arch")
+        engine = wanted_hw.mode == "engine"
+        arch = wanted_hw.arch
         if arch and arch != hardware.arch:
             if engine or (quantization == "fp8" and _sm(hardware.arch) < FP8_MIN_SM):
                 _refuse(target, f"GPU arch {arch}", f"{hardware.arch} ({hardware.name})", "GPU architecture")
             warnings.append(f"GPU arch: built for {arch}, running on {hardware.arch} (a checkpoint; loads anyway)")
         warnings += _compare(target, "tensorrt_llm", built, running, exact=engine, same_line=True)
     elif target.backend == "neuron":
-        core = wanted_hw.get("neuron_core_version")
+        core = wanted_hw.neuron_core_version
         if core and core != hardware.neuron_core_version:
             _refuse(target, f"NeuronCore {core}", f"NeuronCore {hardware.neuron_core_version} ({hardware.name})",
                     "NeuronCore version")
@@ -107,9 +110,3 @@ def _refuse(target: TargetInfo, built: str, here: str, what: str) -> None:
 def _sm(arch: str) -> int:
     return int(arch.removeprefix("sm_")) if arch.startswith("sm_") and arch[3:].isdigit() else 0
 
-
-def check_here(target: TargetInfo, quantization: str = "none") -> list[str]:
-    """`check_target` against this machine (probed) and the installed packages."""
-    from lmi_runtime.hardware import probe
-
-    return check_target(target, probe(), installed_versions(set(target.toolchain) | set(DISTRIBUTIONS)), quantization)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import torch
 from safetensors.torch import load_file
@@ -22,6 +21,7 @@ from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_deg
 from lmi_runtime.backends.tp_sharding import shard_args
 from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.engine.kv_budget import KvCachePlan, activation_reserve, kv_cache_plan, pool_blocks
 from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.kv_bytes import kv_bytes_per_token
@@ -162,9 +162,10 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     model = _build_llama(args, state, dtype, device, max_len)
     if group is not None:
         model.all_reduce = group.all_reduce
-    kv = _kv_cache(args, config, dtype, device, max_len, group)
+    kv = _kv_cache(args, config, dtype, device, max_len, group,
+                   files.manifest.limits.kv_cache if files.manifest is not None else None)
     info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
-                     {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
+                       {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
     backend = _torch_backend(model, tokenizer, info, kv, config)
     if group is not None and rank == 0:
         backend.tp = Leader(group)
@@ -188,38 +189,73 @@ def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pa
 
 
 def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
-              max_len: int, group: RankGroup | None = None) -> PagedKVCache:
-    """Size the pool: what a full batch of max-length sequences can use, capped by the budget
-    (`kv_cache_gib`, else on CUDA the free memory the utilization share leaves after weights
-    and an activation reserve, else 2 GiB on CPU). Tensor-parallel ranks agree on one block
-    count (each holds its own KV heads of every block)."""
-    per_token = kv_bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, torch.finfo(dtype).bits // 8)
+              max_len: int, group: RankGroup | None = None, planned: KvCachePlan | None = None) -> PagedKVCache:
+    """Size the pool from a budget (`kv_budget_bytes`) in whole blocks, at most what a full batch
+    of max-length sequences can use. Tensor-parallel ranks agree on one block count (each holds
+    its own KV heads of every block)."""
+    per_token = _kv_bytes_per_token(args, dtype)
     block = config.kv_block_size
-    useful = config.max_batch_size * math.ceil(max_len / block) + 1
-    budget = _kv_budget_bytes(args, config, dtype, device)
-    num_blocks = max(2, min(useful, budget // (per_token * block)))
+    budget, source = kv_budget_bytes(args, config, dtype, device, max_len, planned)
+    num_blocks = pool_blocks(budget, per_token, block, config.max_batch_size, max_len)
     if group is not None:
         num_blocks = group.agree_blocks(num_blocks)
-    log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, block, num_blocks * block * per_token / 2**30)
+    capacity = (num_blocks - 1) * block  # block 0 is the scratch block
+    capped = capacity * per_token < budget - block * per_token
+    log.info("KV cache: %s tokens in %d blocks of %d (%.2f GiB), from %s%s", f"{capacity:,}", num_blocks, block,
+             num_blocks * block * per_token / 2**30, source,
+             f"; capped at what max batch {config.max_batch_size} × {max_len} tokens can use" if capped else "")
     return PagedKVCache(args.num_layers, args.num_kv_heads, args.head_dim, BlockKVCacheManager(num_blocks, block),
                         dtype, device)
 
 
-def _kv_budget_bytes(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device) -> int:
+def _kv_bytes_per_token(args: LlamaArgs, dtype: torch.dtype) -> int:
+    return kv_bytes_per_token(args.num_layers, args.num_kv_heads, args.head_dim, torch.finfo(dtype).bits // 8)
+
+
+def kv_budget_bytes(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device, max_len: int,
+                    planned: KvCachePlan | None = None) -> tuple[int, str]:
+    """The KV-cache bytes of one device, and where the figure comes from: `kv_cache_gib`; else
+    the artifact's planned budget (on CUDA no more than the device has free now); else on CUDA
+    the free memory, by the planner's formula; else 2 GiB on CPU."""
     if config.kv_cache_gib is not None:
-        return int(config.kv_cache_gib * 2**30)
-    if device.type != "cuda":
-        return 2 * 2**30
-    free, total = torch.cuda.mem_get_info(device)
-    item = torch.finfo(dtype).bits // 8
-    # the largest activations of a prefill chunk (MLP in/out) and of fp32 logits for a full batch
-    reserve = 4 * PREFILL_CHUNK * (args.hidden_size + 2 * args.intermediate_size) * item
-    reserve += 3 * config.max_batch_size * args.vocab_size * 4 + 2**30  # + graphs, allocator slack
-    budget = int(total * config.gpu_memory_utilization) - (total - free) - reserve
-    if budget <= 0:
+        return int(config.kv_cache_gib * 2**30), f"kv_cache_gib {config.kv_cache_gib:g}"
+    measured = _measured_budget(args, config, dtype, device, max_len) if device.type == "cuda" else None
+    if planned is not None:
+        plan_text = (f"the artifact's plan ({planned.bytes_per_device / 2**30:.2f} GiB per device: "
+                     f"{planned.memory_per_device / 2**30:.1f} GiB × {planned.utilization} − weights − reserve)")
+        if measured is not None and measured.bytes_per_device < planned.bytes_per_device:
+            log.warning("this GPU has less room than the plan assumed: %.2f GiB for the KV cache instead of %.2f GiB",
+                        measured.bytes_per_device / 2**30, planned.bytes_per_device / 2**30)
+        else:
+            return planned.bytes_per_device, plan_text
+    if measured is None:
+        return 2 * 2**30, "the CPU default (2 GiB; no planned budget in the artifact, --kv-cache-gib sets it)"
+    if measured.bytes_per_device <= 0:
         raise ConfigError(
-            f"no GPU memory left for the KV cache: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB "
-            f"after the weights, {reserve / 2**30:.1f} GiB reserved for activations",
+            f"no GPU memory left for the KV cache: {measured.memory_per_device / 2**30:.1f} GiB × "
+            f"{measured.utilization} − {measured.weights_per_device / 2**30:.1f} GiB in use (weights) − "
+            f"{measured.activation_reserve / 2**30:.1f} GiB reserved for activations",
             hint="raise gpu_memory_utilization, lower max_batch_size, or use a larger GPU",
         )
-    return budget
+    return measured.bytes_per_device, (f"free GPU memory ({measured.memory_per_device / 2**30:.1f} GiB × "
+                                       f"{measured.utilization} − {measured.weights_per_device / 2**30:.2f} GiB in use − "
+                                       f"reserve {measured.activation_reserve / 2**30:.2f} GiB; the planner's formula)")
+
+
+def _measured_budget(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
+                     max_len: int) -> KvCachePlan:
+    free, total = torch.cuda.mem_get_info(device)
+    return device_kv_plan(args, config, dtype, max_len, memory=total, in_use=total - free)
+
+
+def device_kv_plan(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, max_len: int, *, memory: int,
+                   in_use: int) -> KvCachePlan:
+    """The planner's formula on a device of `memory` bytes whose weights (and runtime) take `in_use`."""
+    item = torch.finfo(dtype).bits // 8
+    reserve = activation_reserve(hidden_size=args.hidden_size, intermediate_per_rank=args.intermediate_size,
+                                 vocab_size=args.vocab_size, dtype_bytes=item, max_num_tokens=PREFILL_CHUNK,
+                                 max_batch_size=config.max_batch_size)
+    per_token = _kv_bytes_per_token(args, dtype)
+    return kv_cache_plan(memory_per_device=memory, utilization=config.gpu_memory_utilization, weights_per_device=in_use,
+                         reserve=reserve, bytes_per_token=per_token, kv_heads_per_device=args.num_kv_heads,
+                         max_total_len=max_len)

@@ -108,7 +108,7 @@ def join(files: "ModelFiles", config: "EngineConfig", rank: int, device: torch.d
     if rank == 0:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timeout, wait_for_workers=False)
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port))
-        group.workers = [_start_worker(files.root, config, r, verify=files.verification is not None)
+        group.workers = [_start_worker(files.artifact or files.root, config, r, verify=files.verification is not None)
                          for r in range(1, world)]
         atexit.register(close, group)
         _wait_for_workers(store, group)

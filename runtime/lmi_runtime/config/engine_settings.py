@@ -1,8 +1,9 @@
 """The engine's settings for `lmi-serve`: CLI options over the shared LMI configuration.
 
 Precedence, highest first: a CLI option; the environment (MAX_BATCH_SIZE, MAX_CONCURRENT_REQUESTS,
-OPTION_*, HF_MODEL_TRUST_REMOTE_CODE, …); the serving.properties packaged with the model (the
-artifact ships one written by lmi-compile); defaults. CLI options become settings keyed like
+OPTION_*, HF_MODEL_TRUST_REMOTE_CODE, …); for an artifact, the limits record of the profile
+served (its serving.properties is generated from the same record), else the serving.properties
+in the model folder; defaults. CLI options become settings keyed like
 serving.properties and go through `load_serving_config` with the rest, so a flag, a variable
 and a file line are validated by one code path and refused with the same message
 (`--max-batch-size 64 --max-concurrent-requests 8` as MAX_BATCH_SIZE=64 MAX_CONCURRENT_REQUESTS=8).
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lmi_runtime.artifact.limits import profile_settings
+from lmi_runtime.artifact.manifest import Profile
 from lmi_runtime.config import ServingConfig, Setting, load_serving_config
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError
@@ -38,10 +41,11 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def engine_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
-                  model_dir: Path | None = None) -> EngineConfig:
-    properties = model_dir / "serving.properties" if model_dir is not None else None
+                  model_dir: Path | None = None, profile: Profile | None = None) -> EngineConfig:
+    properties = model_dir / "serving.properties" if model_dir is not None and profile is None else None
     config = load_serving_config(env, properties if properties is not None and properties.is_file() else None,
-                                 overrides=cli_settings(cli))
+                                 overrides=cli_settings(cli),
+                                 packaged=profile_settings(profile) if profile is not None else None)
     values = _from_serving_config(config)
     if model_dir is not None and values.get("max_model_len"):
         _check_model_len(values["max_model_len"], model_dir)

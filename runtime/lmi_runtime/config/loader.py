@@ -28,7 +28,7 @@ PRECEDENCE_DOC = (
 
 def load_serving_config(
     env: Mapping[str, str] | None = None, properties: Path | str | None = None,
-    overrides: Mapping[str, Setting] | None = None,
+    overrides: Mapping[str, Setting] | None = None, packaged: Mapping[str, Setting] | None = None,
 ) -> ServingConfig:
     """The deployment's configuration.
 
@@ -36,9 +36,10 @@ def load_serving_config(
     (see `PRECEDENCE_DOC`, which the README quotes). `env` defaults to `os.environ`;
     `properties` is a serving.properties file or a folder holding one (optional); `overrides`
     (command-line options, keyed like the file) win over both and are validated the same way.
+    `packaged` (an artifact profile's limits, keyed like the file) takes the file's place.
     """
     env = os.environ if env is None else env
-    from_file = read_properties(Path(properties)) if properties is not None else {}
+    from_file = read_properties(Path(properties)) if properties is not None else dict(packaged or {})
     from_env = read_environment(env)
     for key, setting in from_env.items():
         in_file = from_file.get(key)

@@ -15,7 +15,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: the checkpoint's, float32 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backend: str = "auto"  # auto | torch | transformers
-    kv_cache_gib: float | None = None  # KV-cache pool; None: free GPU memory (see gpu_memory_utilization), 2 GiB on CPU
+    kv_cache_gib: float | None = None  # KV-cache pool; None: the artifact profile's planned budget, else free GPU memory (see gpu_memory_utilization), else 2 GiB on CPU
     gpu_memory_utilization: float = 0.9  # share of GPU memory weights + KV cache + activations may use
     enforce_eager: bool = False  # no compiled layers or CUDA graphs (debugging, or to save start time)
     kv_block_size: int = 16

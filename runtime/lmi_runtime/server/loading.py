@@ -18,11 +18,12 @@ from lmi_runtime.server.state import ServerState
 log = logging.getLogger("lmi_runtime.server.loading")
 
 
-def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True) -> AsyncEngine:
-    """Load the model at `location` and make `state` serve it; returns the started engine.
-    An artifact's files are checked against its manifest, the weights while they load."""
+def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True,
+              profile: str | None = None) -> AsyncEngine:
+    """Load the model at `location` (an artifact's `profile`) and make `state` serve it; returns
+    the started engine. An artifact's files are checked against its manifest, the weights while they load."""
     started = time.perf_counter()
-    files = inspect_folder(location, verify)
+    files = inspect_folder(location, verify, profile=profile)
     backend = load_vendor_backend(files, config) if is_vendor(files) else load_backend(files, config)
     files.wait_verified()  # never ready (/ping 200) on weights that do not match the manifest
     engine = start_engine(state, backend, config)
