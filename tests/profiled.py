@@ -15,7 +15,8 @@ from lmi_compile.targets import torch_target
 from lmi_runtime.artifact.folder import file_entries, write_manifest
 from lmi_runtime.artifact.limits import properties_text
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, Manifest, ModelInfo, Profile, QuantizationInfo, profile_folder
-from lmi_runtime.hardware import GiB, Hardware, instance_hardware
+from lmi_compile.plan.instances import instance_hardware
+from lmi_runtime.hardware import GiB, Hardware
 
 # A CPU with a fixed memory figure, so that plans (and what the runtime serves from them) do not
 # depend on the machine the tests run on.

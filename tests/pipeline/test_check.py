@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from lmi_compile.stages.publish import publish
-from lmi_runtime.hardware import instance_hardware
+from lmi_compile.plan.instances import instance_hardware
 from lmi_runtime.storage.s3 import S3Options
 from profiled import CPU, planned_profile, profiled_artifact
 

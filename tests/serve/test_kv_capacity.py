@@ -32,7 +32,7 @@ def test_served_capacity_is_the_planned_budget(plan, smollm2_dir, smollm2_artifa
     assert kv.tokens < LIMITS["max_batch_size"] * LIMITS["max_total_len"]
     art = profiled_artifact(smollm2_artifact, tmp_path / "art", [planned_profile(smollm2_dir, "cpu", "", CPU)])
     backend = load_backend(inspect_folder(art, verify=False), EngineConfig(max_batch_size=8, max_model_len=2048))
-    assert backend.kv.capacity_tokens == kv.tokens // BLOCK * BLOCK  # the plan's tokens in whole blocks
+    assert backend.kv.blocks.capacity_tokens == kv.tokens // BLOCK * BLOCK  # the plan's tokens in whole blocks
     assert backend.info.details["kv_cache_tokens"] == str(kv.tokens // BLOCK * BLOCK)
 
 

@@ -152,7 +152,7 @@ def test_a_killed_runs_work_folder_is_removed_by_the_next_run(tmp_path, python, 
     proc = subprocess.Popen([python, "-m", "lmi_compile", "run", str(recipe)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not any((f / "model").exists() for f in tmp_path.glob(f"{PREFIX}*")):
+    while not any((f / "fetch").exists() for f in tmp_path.glob(f"{PREFIX}*")):  # the fetch stage is writing
         assert proc.poll() is None and time.monotonic() < deadline, "the run never started its work folder"
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)

@@ -12,7 +12,8 @@ from lmi_runtime.artifact.manifest import FileEntry, HardwareRequirement, Limits
 from lmi_runtime.artifact.profiles import assess, choose, grouped_report
 from lmi_runtime.engine.kv_budget import kv_cache_plan
 from lmi_runtime.errors import ArtifactError
-from lmi_runtime.hardware import GiB, Hardware, instance_hardware
+from lmi_compile.plan.instances import instance_hardware
+from lmi_runtime.hardware import GiB, Hardware
 
 A10G = instance_hardware("ml.g5.2xlarge")
 SMALL_CPU = Hardware(kind="cpu", count=1, name="small", memory_bytes=2 * GiB, cores=2, source="test")
