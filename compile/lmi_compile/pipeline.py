@@ -61,6 +61,7 @@ class RunResult:
     plan: Plan
     artifact: ArtifactRef
     manifest: Manifest
+    profile: str
     stages: list[StageTime] = field(default_factory=list)
     quality: QuantReport | None = None
     seconds: float = 0.0
@@ -69,8 +70,8 @@ class RunResult:
         ref, plan, files = self.artifact, self.plan, self.manifest.all_files()
         ppl = self.quality.perplexity if self.quality else None
         return RunSummary(
-            artifact=ref.uri, manifest_sha256=ref.manifest_sha256, backend=plan.backend, tp_degree=plan.tp_degree,
-            dtype=plan.dtype, quantization=self.manifest.quantization.method, files=len(files),
+            artifact=ref.uri, manifest_sha256=ref.manifest_sha256, profile=self.profile, backend=plan.backend, tp_degree=plan.tp_degree,
+            dtype=plan.dtype, quantization=self.manifest.profiles[self.profile].quantization.method, files=len(files),
             bytes=sum(f.size for f in files), files_sent=len(ref.sent), files_unchanged=len(ref.skipped),
             bytes_sent=ref.bytes_sent, quality=ppl.model_dump(mode="json") if ppl else None,
             stages=self.stages, total_seconds=round(self.seconds, 3))
@@ -182,7 +183,7 @@ def run_recipe(
         ref = stages.timed("publish", lambda: publish(artifact, uri, s3_options=s3_options, local_only=existing is not None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return RunResult(plan=plan, artifact=ref, manifest=manifest, stages=stages.times, quality=report,
+    return RunResult(plan=plan, artifact=ref, manifest=manifest, profile=name, stages=stages.times, quality=report,
                      seconds=time.monotonic() - started)
 
 

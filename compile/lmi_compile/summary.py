@@ -29,6 +29,7 @@ class StagePreview(BaseModel):
 class RunSummary(BaseModel):
     artifact: str
     manifest_sha256: str
+    profile: str  # the profile this run built (the artifact may hold others)
     backend: str
     tp_degree: int
     dtype: str
@@ -45,7 +46,7 @@ class RunSummary(BaseModel):
     def text(self) -> str:
         lines = [f"published {self.artifact} (manifest sha256 {self.manifest_sha256[:16]}…, "
                  f"{self.files_sent} files sent, {self.files_unchanged} unchanged)",
-                 f"target    {self.backend}, TP {self.tp_degree}, {self.dtype}, quantization {self.quantization}",
+                 f"profile   {self.profile}: {self.backend}, TP {self.tp_degree}, {self.dtype}, quantization {self.quantization}",
                  f"size      {self.files} files, {human_bytes(self.bytes)}; sent {human_bytes(self.bytes_sent)}"]
         ppl = self.quality
         if ppl:
