@@ -14,7 +14,6 @@ stage resumes from the last stage it finished.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from lmi_runtime.artifact.manifest import (
     profile_folder,
 )
 from lmi_runtime.backends.vendor import VENDOR_TARGETS
+from lmi_runtime.checksums import sha256_file
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage import open_storage
@@ -147,7 +147,7 @@ def run_recipe(
         uri = output_uri(recipe)
         model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
                                architecture=(model.config.get("architectures") or [None])[0],
-                               config_digest=hashlib.sha256((model.path / "config.json").read_bytes()).hexdigest())
+                               config_digest=sha256_file(model.path / "config.json"))
         existing = _published(uri, model_info, s3_options)  # another model there: refused before any work
 
         if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
@@ -289,16 +289,15 @@ def _lay_out(compiled: Path, artifact: Path, folder: str, existing: Manifest | N
     """The compiled output in the artifact layout. A new artifact: as compiled, at the root. An
     added profile: its rank folders and every file not already shared byte for byte (its own
     config.json after quantization, say) under its folder; shared files stay at the root."""
+    shared = {e.path: e.sha256 for e in existing.files.get(SHARED_GROUP, [])} if existing else {}
     if not folder:
         shutil.copytree(compiled, artifact)
         if existing is not None:  # the root profile again: the other profiles rely on the shared files
-            shared = {e.path: e.sha256 for e in existing.files.get(SHARED_GROUP, [])}
             changed = [e.path for e in file_entries(artifact).get(SHARED_GROUP, []) if shared.get(e.path) != e.sha256]
             if changed:
                 raise ArtifactError(f"profile at the artifact root would change the shared files {', '.join(changed)}",
                                     hint="give the recipe another profile name, or publish to a new location")
         return
-    shared = {e.path: e.sha256 for e in existing.files.get(SHARED_GROUP, [])} if existing else {}
     for entry in [e for group in file_entries(compiled).values() for e in group]:
         same = shared.get(entry.path) == entry.sha256 and group_of(entry.path) == SHARED_GROUP
         target = artifact / entry.path if same else artifact / folder / entry.path

@@ -95,7 +95,7 @@ def serve(
             state.tgi_compat = tgi_compat(model_dir=location)
             chosen = served_profile(location)  # None for a plain model folder
             load_into(state, location, engine_config(options, model_dir=location, profile=chosen),
-                      verify=not skip_verify, profile=chosen.name if chosen else None)
+                      verify=not skip_verify, profile=chosen)
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
             error = as_user_error(err)
             state.load_error = f"loading failed: {error.message}"

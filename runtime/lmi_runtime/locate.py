@@ -175,13 +175,14 @@ def serve_cache_root(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
 
 
-def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: str | None = None) -> ModelFiles:
-    """Find config, tokenizer and weights (a tensor-parallel rank's own shard); choose the
-    artifact's profile for this machine (`profile`, else LMI_PROFILE, else the best), check it
-    against this runtime and its files against the manifest (sha256 skipped with `verify=False`)."""
+def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: Profile | None = None) -> ModelFiles:
+    """Find config, tokenizer and weights (a tensor-parallel rank's own shard) of the artifact's
+    profile (`profile`, already chosen for this machine by `served_profile`; else chosen now:
+    LMI_PROFILE, else the best), and check its files against the manifest (sha256 skipped with
+    `verify=False`)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify, rank, profile or pinned_profile(), say=rank == 0 and profile is None)
+        files = _artifact_files(path, verify, rank, profile)
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
@@ -201,11 +202,10 @@ def _refuse_links_out(root: Path, files: ModelFiles) -> None:
         safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
 
 
-def _artifact_files(root: Path, verify: bool = True, rank: int = 0, pinned: str | None = None,
-                    say: bool = True) -> ModelFiles:
+def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Profile | None = None) -> ModelFiles:
     everything = read_manifest(root)  # paths checked: nothing may point outside the artifact
     # hardware, toolchain, device count and memory: checked while choosing (artifact.profiles)
-    profile = choose_profile(everything, pinned, say)
+    profile = chosen if chosen is not None else choose_profile(everything, pinned_profile(), say=rank == 0)
     manifest = everything.only(profile.name)
     target = manifest.target
     cache = HashCache(serve_cache_root() / "verified-digests.json")

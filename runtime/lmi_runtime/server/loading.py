@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from lmi_runtime.artifact.manifest import Profile
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.backends.vendor_load import is_vendor, load_vendor_backend
 from lmi_runtime.engine.backend import Backend
@@ -19,7 +20,7 @@ log = logging.getLogger("lmi_runtime.server.loading")
 
 
 def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True,
-              profile: str | None = None) -> AsyncEngine:
+              profile: Profile | None = None) -> AsyncEngine:
     """Load the model at `location` (an artifact's `profile`) and make `state` serve it; returns
     the started engine. An artifact's files are checked against its manifest, the weights while they load."""
     started = time.perf_counter()
