@@ -49,6 +49,8 @@ def serve(
     kv_cache_gib: Optional[float] = typer.Option(None, help="Memory for the KV-cache pool, GiB (default: the artifact's planned budget, else what GPU memory leaves; 2 on CPU)."),
     enforce_eager: Optional[bool] = typer.Option(None, "--enforce-eager/--no-enforce-eager", help="No compiled layers or CUDA graphs: a faster start, a slower decode (env OPTION_ENFORCE_EAGER)."),
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
+    quantize: Optional[str] = typer.Option(None, help="fp8 | static_int8: quantize a 16-bit checkpoint's layers at load, round-to-nearest per channel (awq, gptq, smoothquant need calibration: lmi-compile) (env OPTION_QUANTIZE)."),
+    quantized_kernels: Optional[str] = typer.Option(None, help="auto | on | off: serve quantized layers packed, through quantized matmuls (auto: on CUDA; on CPU dequantized) (env OPTION_QUANTIZED_KERNELS)."),
     tensor_parallel_degree: Optional[str] = typer.Option(None, envvar="TENSOR_PARALLEL_DEGREE", help="Ranks to run; must match the artifact's split ('max' or unset: the artifact's)."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
@@ -78,7 +80,7 @@ def serve(
         "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
-        "enforce_eager": enforce_eager,
+        "enforce_eager": enforce_eager, "quantized_kernels": quantized_kernels, "quantize": quantize,
         "tensor_parallel_degree": _degree(tensor_parallel_degree),
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening

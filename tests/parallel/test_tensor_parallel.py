@@ -3,8 +3,10 @@ tokens equal to TP=1 with one process per rank (rank 0 here, the workers as subp
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from lmi_runtime.engine.request import SamplingParams
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.locate import inspect_folder
 from served import lmi_serve
+from tiny_llama import save_tiny_llama
 
 NEW_TOKENS = 10
 
@@ -182,3 +185,71 @@ def test_lmi_serve_answers_on_a_tp_artifact_from_s3(tiny_tp2, python, cli_env, s
     text = log.read_text()
     assert "rank 0 read" in text and "from rank0/model.safetensors" in text
     assert re.search(r"rank 1 read \d+ bytes of weights from rank1/model.safetensors\n", text), text[-2000:]
+
+
+@pytest.fixture(scope="module")
+def tiny_int4(smollm2_dir, tmp_path_factory) -> Path:
+    """A tiny Llama quantized by llm-compressor: int4, asymmetric groups of 32 (no calibration);
+    every input width holds an even number of groups."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-int4")
+    dense = save_tiny_llama(out / "dense", smollm2_dir, hidden=64, intermediate=128, max_positions=512)
+    model = AutoModelForCausalLM.from_pretrained(dense)
+    groups = {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "symmetric": False,
+                                                             "strategy": "group", "group_size": 32}}}
+    oneshot(model=model, recipe=[QuantizationModifier(config_groups=groups, ignore=["lm_head"])])
+    model.save_pretrained(out, save_compressed=True)
+    for file in dense.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            (out / file.name).write_bytes(file.read_bytes())
+    return out
+
+
+def test_quantized_layers_split_packed_and_tp_tokens_equal_one_rank(tiny_int4, tmp_path):
+    """Each rank's shard is pre-packed (int4 groups split whole, scales with their rows), the
+    ranks serve it packed, and greedy tokens equal one rank's packed model."""
+    artifact = tp_artifact(tiny_int4, tmp_path / "int4-tp2", 2)
+    settings = dict(max_batch_size=4, quantized_kernels="on")
+    one = load_backend(inspect_folder(tiny_int4), EngineConfig(**settings))
+    prompts = [one.tokenizer(p)["input_ids"] for p in PROMPTS]
+    expected = greedy(one, prompts, JOINS)
+    assert one.info.details["quantized_layers"] == "int4 g32 ×14"
+    del one
+    split = load_backend(inspect_folder(artifact), EngineConfig(**settings))
+    try:
+        assert split.info.details["quantized_layers"] == "int4 g32 ×14"
+        down = split.model.model.layers[0].mlp.down_proj
+        assert down.q.shape == (64, 128 // 2 // 2) and down.scale.shape == (64, 128 // 32 // 2)
+        assert greedy(split, prompts, JOINS) == expected
+    finally:
+        split.tp.close()
+
+
+def test_quantized_splits_are_refused_before_anything_is_written(tiny_dir, tmp_path):
+    """W8A8: a row-parallel rank would scale its slice of each token differently; int4 whose
+    groups do not split evenly (the MLP width 96 holds 3 groups of 32)."""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from transformers import AutoModelForCausalLM
+
+    for scheme, refusal in (("W8A8", "activations quantized per token"), ("W4A16_ASYM", "3 int4 groups of")):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        groups = {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int", "strategy": "group",
+                                                                 "group_size": 32, "symmetric": False}}}
+        modifier = (QuantizationModifier(scheme=scheme, targets=["Linear"], ignore=["lm_head"]) if scheme == "W8A8"
+                    else QuantizationModifier(config_groups=groups, ignore=["lm_head"]))
+        oneshot(model=model, recipe=[modifier])
+        model.save_pretrained(tmp_path / scheme, save_compressed=True)
+        with pytest.raises(ConfigError, match=refusal):
+            torch_target.build(tmp_path / scheme, tmp_path / f"out-{scheme}", tp_degree=2)
+        assert not (tmp_path / f"out-{scheme}").exists()
+    other = tmp_path / "autogptq"  # quantized in a format the packed layers do not read
+    shutil.copytree(tiny_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(ConfigError, match="cannot be split"):
+        torch_target.build(other, tmp_path / "out-gptq", tp_degree=2)
+    assert not (tmp_path / "out-gptq").exists()

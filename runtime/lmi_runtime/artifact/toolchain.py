@@ -5,6 +5,7 @@
 |--------|-------------------------------|--------|-----|
 | all    | hardware kind (cuda / neuron) | refuse | the files cannot run on another kind of accelerator |
 | torch  | GPU arch, when recorded       | refuse | a kernel cache is compiled for one SM version |
+| torch  | weights_layout (pre-packed quantized weights) | refuse unless this runtime's | the tensors' meaning is the layout version's |
 | trtllm | GPU arch, engine mode         | refuse | engines are compiled for one SM version |
 | trtllm | GPU arch, checkpoint mode     | warn   | a checkpoint loads on any GPU TensorRT-LLM supports (FP8 needs sm_89+, refused then) |
 | trtllm | tensorrt_llm, engine mode     | refuse | engines load only in the exact version that built them |
@@ -24,6 +25,7 @@ from lmi_runtime.artifact.manifest import TargetInfo
 from lmi_runtime.backends.vendor import IMAGES
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.hardware import Hardware
+from lmi_runtime.quant import prepacked
 
 log = logging.getLogger("lmi_runtime.toolchain")
 DISTRIBUTIONS = {"tensorrt_llm": "tensorrt-llm", "modelopt": "nvidia-modelopt", "torch": "torch",
@@ -59,6 +61,8 @@ def check_target(target: TargetInfo, hardware: Hardware, running: dict[str, str]
         _refuse(target, f"{kind} {wanted_hw.arch or ''}".strip(), hardware.describe(), "hardware")
     if not needed and wanted_hw.arch and wanted_hw.arch != hardware.arch:  # torch: a kernel cache for one GPU
         _refuse(target, f"{kind} {wanted_hw.arch}", hardware.describe(), "GPU architecture")
+    if "weights_layout" in built:
+        prepacked.check_layout(built["weights_layout"], "this artifact", ArtifactError)
     warnings: list[str] = []
     if target.backend == "trtllm":
         engine = wanted_hw.mode == "engine"

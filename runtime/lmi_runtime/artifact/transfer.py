@@ -22,7 +22,7 @@ from lmi_runtime.artifact.manifest import FileEntry
 from lmi_runtime.checksums import hash_files
 from lmi_runtime.errors import ArtifactError, StorageError
 from lmi_runtime.safepath import safe_join
-from lmi_runtime.storage.base import ABSENT, Storage, Transfer, TransferReport
+from lmi_runtime.storage.base import ABSENT, Absent, Storage, Transfer, TransferReport
 from lmi_runtime.storage.local import TMP_PREFIX
 
 log = logging.getLogger("lmi.artifact.transfer")
@@ -36,10 +36,18 @@ class PushReport:
     marker_written: bool = False
 
 
-def push(root: Path, entries: list[FileEntry], storage: Storage, marker_key: str, marker: bytes) -> PushReport:
-    """Upload the files of `entries` that are not already there by content, then the marker."""
+def push(root: Path, entries: list[FileEntry], storage: Storage, marker_key: str, marker: bytes,
+         based_on: str | Absent | None = None) -> PushReport:
+    """Upload the files of `entries` that are not already there by content, then the marker.
+    `based_on`: the version of the marker this one was built from (ABSENT: none was there);
+    if another writer has replaced it since, nothing is sent, so its work is not lost."""
     remote = storage.list()
     current = storage.get_bytes(marker_key)
+    unchanged = current is None if isinstance(based_on, Absent) else current is not None and current[1] == based_on
+    if based_on is not None and not unchanged:
+        raise StorageError(
+            f"{storage.uri}: {marker_key} changed while this run prepared its own (another run published there)",
+            hint="run again: it adds to what is there now, and the stage cache makes it quick")
     same_size = [e.path for e in entries if e.path in remote and remote[e.path].size == e.size]
     stored = storage.stored_digests(same_size)
     todo = [e for e in entries if stored.get(e.path) != e.sha256]

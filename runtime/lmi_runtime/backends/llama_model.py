@@ -27,6 +27,8 @@ from torch import nn
 from lmi_runtime.backends.llama_family import LLAMA_FAMILY
 from lmi_runtime.errors import ModelFolderError
 from lmi_runtime.kernels.paged_attention import AttnBatch, NewKV, paged_attention
+from lmi_runtime.quant.linear import QuantLinear, linear
+from lmi_runtime.quant.packed import PackedWeight, concat
 
 ROPE_TYPES = {"default", "linear", "llama3"}
 
@@ -122,7 +124,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def attention_inputs(x, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: int, num_kv_heads: int):
     """Pre-attention half of a layer: norm, fused q/k/v projection, rotary. Pure (no cache)."""
     dim = cos.shape[-1]
-    qkv = F.linear(rms_norm(x, norm_w, eps), qkv_w, qkv_b)
+    qkv = linear(rms_norm(x, norm_w, eps), qkv_w, qkv_b)
     q, k, v = qkv.split([num_heads * dim, num_kv_heads * dim, num_kv_heads * dim], dim=-1)
     q = apply_rope(q.view(-1, num_heads, dim), cos, sin)
     k = apply_rope(k.view(-1, num_kv_heads, dim), cos, sin)
@@ -138,15 +140,15 @@ def attention_output_and_mlp(x, attn, o_w, o_b, norm_w, eps: float, gate_up_w, g
 
 def attention_projection(attn, o_w, o_b):
     """Output projection; with tensor parallelism a rank's partial sum (row-parallel o_proj)."""
-    return F.linear(attn.flatten(1), o_w, o_b)
+    return linear(attn.flatten(1), o_w, o_b)
 
 
 def residual_and_mlp(x, o, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
     """Residual of the (reduced) attention output, then the SwiGLU MLP's output, not yet added:
     with tensor parallelism a rank's partial sum (row-parallel down_proj)."""
     x = x + o
-    gate, up = F.linear(rms_norm(x, norm_w, eps), gate_up_w, gate_up_b).chunk(2, dim=-1)
-    return x, F.linear(F.silu(gate) * up, down_w, down_b)
+    gate, up = linear(rms_norm(x, norm_w, eps), gate_up_w, gate_up_b).chunk(2, dim=-1)
+    return x, linear(F.silu(gate) * up, down_w, down_b)
 
 
 class RMSNorm(nn.Module):
@@ -159,14 +161,22 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def _fused(layers: list[nn.Linear]) -> nn.Linear:
-    """One Linear whose output is the concatenation of `layers`' outputs."""
+def weight_of(layer: nn.Module):
+    """What `linear` takes for this layer: the dense weight, or a quantized layer's arguments."""
+    return layer.args() if isinstance(layer, QuantLinear) else layer.weight
+
+
+def _fused(layers: list[nn.Module]) -> nn.Module:
+    """One layer whose output is the concatenation of `layers`' outputs."""
+    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    if isinstance(layers[0], QuantLinear):
+        return QuantLinear(concat([layer.packed() for layer in layers]), bias)
     weight = torch.cat([layer.weight for layer in layers])
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=layers[0].bias is not None,
                       device="meta", dtype=weight.dtype)
     fused.weight = nn.Parameter(weight, requires_grad=False)
-    if fused.bias is not None:
-        fused.bias = nn.Parameter(torch.cat([layer.bias for layer in layers]), requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
     return fused
 
 
@@ -239,6 +249,15 @@ class LlamaForCausalLM(nn.Module):
         self.projection = attention_projection
         self.mlp_partial = residual_and_mlp
 
+    def use_packed(self, weights: dict[str, PackedWeight]) -> None:
+        """Swap the named linear layers (checkpoint names without `.weight`, e.g.
+        `model.layers.0.mlp.down_proj`) for quantized ones; call before `prepare`."""
+        for name, packed in weights.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = self.get_submodule(parent_name)
+            old = getattr(parent, child)
+            setattr(parent, child, QuantLinear(packed, old.bias))
+
     def tie_weights(self) -> None:
         if self.args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -269,16 +288,16 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.embed_tokens(step.input_ids)
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = self.pre(x, layer.input_layernorm.weight, a.rms_norm_eps, attn.qkv_proj.weight,
+            q, k, v = self.pre(x, layer.input_layernorm.weight, a.rms_norm_eps, weight_of(attn.qkv_proj),
                                attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
             new = NewKV(k, v, step.write_slots)
             out = paged_attention(q, kv_cache[i, 0], kv_cache[i, 1], new, step.attn, block_size)
-            mlp_args = (layer.post_attention_layernorm.weight, a.rms_norm_eps, mlp.gate_up_proj.weight,
-                        mlp.gate_up_proj.bias, mlp.down_proj.weight, mlp.down_proj.bias)
+            mlp_args = (layer.post_attention_layernorm.weight, a.rms_norm_eps, weight_of(mlp.gate_up_proj),
+                        mlp.gate_up_proj.bias, weight_of(mlp.down_proj), mlp.down_proj.bias)
             if self.all_reduce is None:
-                x = self.post(x, out, attn.o_proj.weight, attn.o_proj.bias, *mlp_args)
+                x = self.post(x, out, weight_of(attn.o_proj), attn.o_proj.bias, *mlp_args)
             else:
-                o = self.all_reduce(self.projection(out, attn.o_proj.weight, attn.o_proj.bias))
+                o = self.all_reduce(self.projection(out, weight_of(attn.o_proj), attn.o_proj.bias))
                 x, partial = self.mlp_partial(x, o, *mlp_args)
                 x = x + self.all_reduce(partial)
         return self.lm_head(self.model.norm(x[step.logits_rows]))

@@ -1,10 +1,13 @@
 """Load a model folder into a backend: the compact torch model for the Llama family, the
 transformers implementation for everything else (or when asked for).
 
-Quantized checkpoints in compressed-tensors format (what `lmi-compile quantize` writes) are
-dequantized on load through transformers + compressed-tensors (`run_compressed=False`) and
-served as dense weights: they load and give the quantized model's outputs, without its memory
-or speed gains. Quantized kernels are later work.
+Quantized checkpoints in compressed-tensors format (what `lmi-compile quantize` writes), or
+pre-packed by the compile stage, are read as packed layers (`quant.compressed`,
+`quant.prepacked`). The compact model keeps them packed (quantized matmuls: the weight memory
+is the quantized size) when `quantized_kernels` says so (auto: on CUDA); otherwise, on CPU by
+default where dense matmuls are faster, they are dequantized once at load. A scheme the packed
+layers do not cover, and every quantized model on the transformers backend, is dequantized
+through transformers + compressed-tensors (`run_compressed=False`) as dense weights.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.kv_bytes import kv_bytes_per_token
 from lmi_runtime.locate import ModelFiles
+from lmi_runtime.quant import compressed, prepacked
+from lmi_runtime.quant.compressed import Checkpoint
+from lmi_runtime.quant.packed import PackedWeight
+from lmi_runtime.quant.rtn import kind_at_load, quantize_layers
 
 from lmi_runtime.backends.torch_llama import PREFILL_CHUNK
 
@@ -78,26 +85,53 @@ def _hf_model(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_co
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
-def _state_dict(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict) -> dict:
+def _checkpoint(files: ModelFiles, hf_config: dict) -> Checkpoint | None:
+    """Quantized weights as packed layers: pre-packed by the compile stage, or converted from
+    compressed-tensors now; None for a dense checkpoint or a scheme the packed layers do not
+    cover (logged: transformers then dequantizes it)."""
+    if prepacked.layout_of(files.weights) is not None:
+        return prepacked.load(files.weights)
+    if not _is_compressed(hf_config):
+        return None
+    try:
+        return compressed.read(files.weights, hf_config["quantization_config"])
+    except compressed.Unsupported as err:
+        log.info("quantized weights served dequantized (dense, through transformers): %s", err)
+        return None
+
+
+def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict,
+             packed_wanted: bool) -> tuple[dict, Checkpoint | None]:
+    """The dense tensors, and the checkpoint whose layers stay packed (None: all dense)."""
     if hf_config.get("quantization_config") and not _is_compressed(hf_config):
         method = hf_config["quantization_config"].get("quant_method")
         raise ModelFolderError(
             f"quantization method '{method}' is not supported by the torch backend",
             hint="quantize to compressed-tensors with lmi-compile, or use --backend transformers",
         )
+    checkpoint = _checkpoint(files, hf_config)
+    if checkpoint is not None:
+        return (checkpoint.dense, checkpoint) if packed_wanted else (checkpoint.dense_state(dtype), None)
     if _is_compressed(hf_config):
-        return _hf_model(files, config, dtype, hf_config).state_dict()
+        return _hf_model(files, config, dtype, hf_config).state_dict(), None
     state: dict = {}
     for path in files.weights:
         state.update(load_file(str(path)))
-    return state
+    return state, None
+
+
+def _packed_wanted(config: EngineConfig, device: torch.device) -> bool:
+    return config.quantized_kernels == "on" or (config.quantized_kernels == "auto" and device.type == "cuda")
 
 
 def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch.device,
-                 max_len: int) -> LlamaForCausalLM:
+                 max_len: int, packed: dict[str, PackedWeight] | None = None) -> LlamaForCausalLM:
+    """`packed`: layers (names without `.weight`) that stay quantized; `state` has the rest."""
+    packed = packed or {}
     with torch.device("meta"):
         model = LlamaForCausalLM(args)
-    wanted = {k for k in model.state_dict() if not (k == "lm_head.weight" and args.tie_word_embeddings)}
+    skipped = {f"{name}.weight" for name in packed} | ({"lm_head.weight"} if args.tie_word_embeddings else set())
+    wanted = set(model.state_dict()) - skipped
     missing = sorted(wanted - state.keys())
     if missing:
         raise ModelFolderError(
@@ -107,6 +141,7 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     weights = {k: state[k].to(dtype) for k in wanted}
     model.load_state_dict(weights, strict=False, assign=True)
     model.tie_weights()
+    model.use_packed(packed)  # QuantLinear buffers: moved with the model below
     model.prepare(max_len, device, dtype)
     return model.to(device).eval()
 
@@ -128,6 +163,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     name = config.served_model_name or files.root.name
     quant = (hf_config.get("quantization_config") or {}).get("quant_method", "none")
     details = {"dtype": str(dtype).removeprefix("torch."), "device": str(device), "quantization": quant}
+    at_load = None if hf_config.get("quantization_config") else kind_at_load(config.quantize)
 
     args = None
     if config.backend != "transformers":
@@ -140,6 +176,12 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     if args is None:
         from lmi_runtime.backends.hf_backend import TransformersBackend
 
+        if prepacked.layout_of(files.weights) is not None:
+            raise ModelFolderError("these weights are pre-packed for the torch backend (lmi-compile target torch); "
+                                   "the transformers backend cannot read them", hint="use --backend torch (or auto)")
+        if at_load is not None:
+            raise ConfigError(f"quantize={config.quantize} at load needs the torch backend (Llama family); "
+                              f"this model is served by transformers", hint="unset OPTION_QUANTIZE / --quantize")
         if artifact_degree(files) > 1:
             raise ModelFolderError(f"this artifact is split for tensor parallel degree {artifact_degree(files)}; "
                                    "only the torch backend (Llama family) runs several ranks",
@@ -156,24 +198,33 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     if group is not None:
         device, args = group.device, shard_args(args, group.world)
         details["tensor_parallel_degree"] = str(group.world)
-    state = _state_dict(files, config, dtype, hf_config)
+    packed_wanted = _packed_wanted(config, device)
+    state, checkpoint = _weights(files, config, dtype, hf_config, packed_wanted)
+    if checkpoint is not None:
+        details["quantized_layers"] = checkpoint.summary()
+        log.info("quantized layers kept packed: %s", details["quantized_layers"])
     log.info("rank %d read %d bytes of weights from %s", rank, sum(p.stat().st_size for p in files.weights),
              ", ".join(p.relative_to(files.root).as_posix() for p in files.weights))
-    model = _build_llama(args, state, dtype, device, max_len)
+    model = _build_llama(args, state, dtype, device, max_len, checkpoint.packed if checkpoint else None)
+    if at_load is not None:
+        count = quantize_layers(model.model.layers, at_load, packed=packed_wanted)
+        details["quantization"] = f"{config.quantize} (at load)"
+        details["quantized_layers"] = f"{at_load} ×{count}" + ("" if packed_wanted else " (rounded, served dense)")
+        log.info("quantized at load, round-to-nearest per channel: %s", details["quantized_layers"])
     if group is not None:
         model.all_reduce = group.all_reduce
     kv = _kv_cache(args, config, dtype, device, max_len, group,
                    files.manifest.limits.kv_cache if files.manifest is not None else None)
     info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                        {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-    backend = _torch_backend(model, tokenizer, info, kv, config)
+    backend = torch_backend(model, tokenizer, info, kv, config)
     if group is not None and rank == 0:
         backend.tp = Leader(group)
     return backend
 
 
-def _torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
-                   config: EngineConfig) -> Backend:
+def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
+                  config: EngineConfig) -> Backend:
     """The compact model's backend; on CUDA with compiled layers and decode graphs unless
     `enforce_eager`."""
     from lmi_runtime.backends.decode_graphs import DecodeGraphs

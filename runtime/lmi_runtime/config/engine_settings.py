@@ -31,11 +31,13 @@ OPTION_FIELDS: dict[str, type] = {
     "backend": str,
     "kv_cache_gib": float,
     "served_model_name": str,
+    "quantized_kernels": str,
 }
 
 
 # EngineConfig field → the serving.properties key a CLI option sets (the rest: option.<field>).
-CLI_KEYS = {"max_batch_size": "option.max_rolling_batch_size", "max_queue": "job_queue_size"}
+CLI_KEYS = {"max_batch_size": "option.max_rolling_batch_size", "max_queue": "job_queue_size",
+            "quantize": "option.quantize"}
 CLI_FLAGS = {"max_queue": "--max-concurrent-requests"}  # EngineConfig field → its lmi-serve flag
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -91,6 +93,7 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
         "trust_remote_code": config.trust_remote_code,
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "enforce_eager": config.enforce_eager,
+        "quantize": config.quantize,
     }
     if config.n_positions is not None:
         values["max_model_len"] = config.n_positions

@@ -63,7 +63,7 @@ PASSTHROUGH_OPTIONS = frozenset(
         "context_length_estimate", "compiled_graph_path", "save_mp_checkpoint_path",
         "batch_size", "amp", "chat_template", "enable_chunked_prefill", "kv_cache_dtype",
         # lmi-serve's own engine settings (see lmi_runtime.config.engine_settings)
-        "device", "backend", "kv_cache_gib", "max_new_tokens", "served_model_name",
+        "device", "backend", "kv_cache_gib", "max_new_tokens", "served_model_name", "quantized_kernels",
     }
 )
 KNOWN_OPTIONS = frozenset(k[len("option."):] for k in FIELD_KEYS.values() if k.startswith("option.")) | PASSTHROUGH_OPTIONS

@@ -22,6 +22,8 @@ class EngineConfig:
     trust_remote_code: bool = False
     served_model_name: str | None = None
     tensor_parallel_degree: int | None = None  # must match the artifact's when set; None: the artifact's
+    quantized_kernels: str = "auto"  # auto | on | off: quantized layers stay packed (auto: on CUDA; CPU serves them dequantized)
+    quantize: str = "none"  # OPTION_QUANTIZE: a 16-bit checkpoint's layers quantized at load (fp8, static_int8)
 
     def __post_init__(self) -> None:
         from lmi_runtime.errors import ConfigError
@@ -35,6 +37,8 @@ class EngineConfig:
             raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
             raise ConfigError(f"kv_cache_gib must be positive, got {self.kv_cache_gib}")
+        if self.quantized_kernels not in ("auto", "on", "off"):
+            raise ConfigError(f"unknown quantized_kernels '{self.quantized_kernels}'", hint="use one of: auto, on, off")
         if self.backend not in ("auto", "torch", "transformers"):
             raise ConfigError(
                 f"unknown backend '{self.backend}'", hint="use one of: auto, torch, transformers"

@@ -1,0 +1,141 @@
+"""`y = x @ dequant(W).T` with the weight dequantized inside the kernel, tile by tile: one
+Triton kernel for 16-bit, int8, fp8 and grouped int4 weights (`quant.packed` layouts).
+
+Why: decode reads every weight once per step, so its speed is the weight bytes over the
+memory bandwidth. Dequantizing a whole weight first (what serving dequantized checkpoints
+does) reads the quantized bytes and then the 16-bit ones again; reading 1 or ½ byte per
+weight and widening it in registers is where int8/int4 can gain. It also takes 16-bit weights
+(`dense`), so that `scripts/bench_matmul.py` compares it with cuBLAS on the same tiles: on the
+H200 they were level (3.59 vs 3.62 ms for a 7B decode step's matmuls), so dense layers stay
+with cuBLAS (`quant.linear`).
+
+Tiles: `BLOCK_M` rows of x (16 is the smallest tensor-core tile; decode pads its few tokens
+up to it, which costs nothing when the weights' bytes dominate), `BLOCK_N` output channels,
+`BLOCK_K` of the reduction; an int4 tile is one quantization group, so it needs one scale
+and zero per channel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # the CPU-only install has no triton; the CUDA path needs it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without triton
+    triton = None
+
+KIND_CODES = {"dense": 0, "int8": 1, "int4": 2, "fp8": 3}
+
+
+def supports_group(size: int) -> bool:
+    """int4 group sizes the kernel tiles by: powers of two from 32 (a group is one tile)."""
+    return size >= 32 and size & (size - 1) == 0
+
+
+def _configs() -> list:
+    small = [(16, bn, bk, s, 4) for bn, bk, s in ((16, 256, 4), (32, 128, 4), (32, 256, 3), (64, 128, 3),
+                                                  (16, 512, 3), (32, 512, 2), (64, 256, 3))]
+    large = [(bm, bn, bk, s, 4) for bm, bn, bk, s in ((64, 32, 128, 4), (64, 32, 256, 3), (64, 64, 128, 3),
+                                                      (32, 32, 256, 3), (64, 128, 64, 3), (32, 64, 128, 4))]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=s, num_warps=w)
+            for bm, bn, bk, s, w in small + large]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles that fit the problem: BLOCK_M by the token count (16 for decode)."""
+    m, group = named_args["M"], kwargs.get("GROUP", named_args.get("GROUP", 0))
+    want_m = 16 if m <= 16 else (32 if m <= 32 else 64)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] == want_m or (want_m == 32 and c.kwargs["BLOCK_M"] == 64)]
+    if group:  # the tile is the group: configs differing only in BLOCK_K are the same
+        kept = list({(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages): c for c in kept}.values())
+    return kept
+
+
+def _m_bucket(m: int) -> int:
+    """Autotune once per power-of-two token count rather than for every batch size."""
+    return 1 << max(0, (m - 1).bit_length())
+
+
+if triton is not None:
+
+    @triton.jit
+    def _small_uints(v, FAST: tl.constexpr):
+        """Integers 0..255 as fp16 without the int-to-float converter, which runs at a quarter
+        of the FMA rate and left int8/int4 decode at half the memory bandwidth: the bits
+        0x6400 | v are the fp16 number 1024 + v (v fills the mantissa), so subtracting 1024
+        is exact. FAST=False (fp32 models, tests): the plain conversion to fp32."""
+        if FAST:
+            bits = v.to(tl.uint16) | tl.full((1,), 0x6400, tl.uint16)
+            out = bits.to(tl.float16, bitcast=True) - tl.full((1,), 1024.0, tl.float16)
+        else:
+            out = v.to(tl.float32)
+        return out
+
+    @triton.autotune(configs=_configs(), key=["M_BUCKET", "N", "K", "KIND", "GROUP"],
+                     prune_configs_by={"early_config_prune": _prune})
+    @triton.jit
+    def _matmul_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, M, N, K, M_BUCKET,
+                       stride_xm, stride_qn, stride_sn, stride_ym,
+                       KIND: tl.constexpr, GROUP: tl.constexpr, PRECISION: tl.constexpr, FAST: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        m_ok = rm < M
+        n_ok = rn < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if KIND == 2:  # int4, a group a tile: its low nibbles hold the group's first half, the high ones the second
+            rb = tl.arange(0, GROUP // 2)
+            for k0 in range(0, K, GROUP):
+                x_at = x_ptr + rm[:, None] * stride_xm + (k0 + rb)[None, :]
+                x_low = tl.load(x_at, mask=m_ok[:, None], other=0.0)
+                x_high = tl.load(x_at + GROUP // 2, mask=m_ok[:, None], other=0.0)
+                packed = tl.load(q_ptr + rn[:, None] * stride_qn + (k0 // 2 + rb)[None, :], mask=n_ok[:, None],
+                                 other=0)
+                g = k0 // GROUP
+                scale = tl.load(s_ptr + rn * stride_sn + g, mask=n_ok, other=0.0)[:, None]
+                zero = _small_uints(tl.load(z_ptr + rn * stride_sn + g, mask=n_ok, other=0)[:, None], FAST)
+                w_low = ((_small_uints(packed & 15, FAST) - zero) * scale).to(x_low.dtype)
+                w_high = ((_small_uints(packed >> 4, FAST) - zero) * scale).to(x_low.dtype)
+                acc = tl.dot(x_low, tl.trans(w_low), acc, input_precision=PRECISION)
+                acc = tl.dot(x_high, tl.trans(w_high), acc, input_precision=PRECISION)
+        else:
+            for k0 in range(0, K, BLOCK_K):
+                k_ok = (k0 + rk) < K
+                x = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + rk)[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                q = tl.load(q_ptr + rn[:, None] * stride_qn + (k0 + rk)[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                            other=0.0)
+                if KIND == 1:  # int8 -> 0..255 -> exact 16-bit floats, minus the offset
+                    w = (_small_uints((q.to(tl.int16) + 128).to(tl.uint8), FAST) - 128).to(x.dtype)
+                else:
+                    w = q.to(x.dtype)
+                acc = tl.dot(x, tl.trans(w), acc, input_precision=PRECISION)
+        if KIND == 1 or KIND == 3:  # per-channel scale, applied once after the reduction
+            acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=m_ok[:, None] & n_ok[None, :])
+
+
+def matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None, zero: torch.Tensor | None, kind: str,
+           group: int = 0) -> torch.Tensor:
+    """x [M, K] (16-bit or fp32, contiguous rows) times the [N, K] weight `q` of `kind`
+    (`dense`: q is the weight itself) -> [M, N] in x's dtype."""
+    m, k = x.shape
+    n = q.shape[0]
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    code = KIND_CODES[kind]
+    if code == 2 and not supports_group(group):
+        raise ValueError(f"int4 group size {group}: the kernel takes powers of two from 32")
+    group = group if code == 2 else 0
+    dummy = q if scale is None else scale
+    args = (x, q, dummy, zero if zero is not None else dummy, y, m, n, k)
+    strides = (x.stride(0), q.stride(0), scale.stride(0) if scale is not None else 0, y.stride(0))
+    _matmul_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))](
+        *args, _m_bucket(m), *strides, KIND=code, GROUP=group,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", FAST=x.dtype != torch.float32,
+    )
+    return y

@@ -1,0 +1,2 @@
+"""Quantized weights at serve time: their layout (`packed`) and the matmul that reads them
+(`linear`)."""

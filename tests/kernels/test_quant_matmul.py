@@ -1,0 +1,114 @@
+"""The quantized-weight layouts and the matmul kernel that reads them.
+
+Layout tests run in this process (plain torch). The Triton kernel runs here under Triton's
+interpreter (TRITON_INTERPRET=1, in a subprocess so the flag stays out of this process),
+against the dequantized weight; on a GPU the same cases run compiled (scripts/gpu_check.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+import torch
+
+from lmi_runtime.quant.linear import QuantLinear, qlinear
+from lmi_runtime.quant.packed import (PackedWeight, concat, dequantize, pack, pack_int4, quantize_activations,
+                                      quantize_rtn, unpack_int4)
+
+KINDS = [("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)]
+
+
+def weight(n=48, k=256, dtype=torch.float32, seed=0):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def test_int4_planes_hold_each_groups_halves():
+    values = torch.arange(64).remainder(16).reshape(1, 64)
+    packed = pack_int4(values, 32)
+    assert packed.shape == (1, 32)
+    assert packed[0, 0] == values[0, 0] | (values[0, 16] << 4)  # k=0 low, k=16 (second half of group 0) high
+    assert packed[0, 16] == values[0, 32] | (values[0, 48] << 4)
+    assert torch.equal(unpack_int4(packed, 32), values.to(torch.uint8))
+
+
+@pytest.mark.parametrize("kind,group", KINDS)
+def test_pack_recovers_the_quantized_values_from_the_dequantized_weight(kind, group):
+    """What a checkpoint loader does: dequantized weights + their scales -> the same integers."""
+    w = weight()
+    first = quantize_rtn(w, kind, group or 128)
+    zero = None if first.zero is None else first.zero.float() - 8
+    again = pack(dequantize(first, torch.float32), kind, first.scale, zero, first.group_size)
+    assert torch.equal(again.q.view(torch.uint8), first.q.view(torch.uint8))
+    assert (again.zero is None) == (first.zero is None)
+
+
+@pytest.mark.parametrize("kind,group", KINDS)
+def test_rtn_error_is_what_the_format_allows(kind, group):
+    w = weight()
+    error = ((dequantize(quantize_rtn(w, kind, group or 128), torch.float32) - w).norm() / w.norm()).item()
+    assert error < {"int8": 0.01, "fp8": 0.05, "int4": 0.12}[kind]
+    assert error > 0  # it did quantize
+
+
+def test_fused_weights_concatenate_and_refuse_mixed_formats():
+    a, b = quantize_rtn(weight(seed=1), "int4", 32), quantize_rtn(weight(seed=2), "int4", 32)
+    fused = concat([a, b])
+    torch.testing.assert_close(dequantize(fused, torch.float32),
+                               torch.cat([dequantize(a, torch.float32), dequantize(b, torch.float32)]))
+    with pytest.raises(ValueError, match="quantized differently"):
+        concat([a, quantize_rtn(weight(), "int8")])
+
+
+def test_activation_quantization_is_per_token_and_symmetric():
+    x = torch.tensor([[1.0, -2.0, 0.5], [100.0, 1.0, -50.0]])
+    got = quantize_activations(x, "int8")
+    step = x.abs().amax(1, keepdim=True) / 127.5
+    torch.testing.assert_close(got, (x / step).round().clamp(-128, 127) * step)
+    assert torch.equal(quantize_activations(x, "none"), x)
+
+
+def test_quant_linear_on_cpu_is_the_dequantized_matmul_plus_bias():
+    w, bias = weight(), torch.randn(48)
+    packed = quantize_rtn(w, "int4", 64)
+    layer = QuantLinear(packed, bias)
+    x = torch.randn(2, 3, 256)
+    torch.testing.assert_close(layer(x), x @ dequantize(packed, torch.float32).T + bias)
+    assert layer(x).shape == (2, 3, 48)
+    with pytest.raises(ValueError, match="unknown quantized layout"):
+        PackedWeight("int3", packed.q, packed.scale)
+
+
+def test_the_op_traces_under_torch_compile():
+    packed = quantize_rtn(weight(), "int8")
+    x = torch.randn(5, 256)
+    compiled = torch.compile(lambda x, w: qlinear(x, *w), fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(x, packed.args()), x @ dequantize(packed, torch.float32).T)
+
+
+INTERPRETED = """
+import torch, triton
+from lmi_runtime.kernels import quant_matmul as qm
+from lmi_runtime.quant.packed import quantize_rtn, dequantize
+torch.manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):
+    for m in (1, 3, 20):
+        # one small tile (the autotuner needs a GPU to time several)
+        qm._matmul_kernel.configs = [triton.Config({"BLOCK_M": 16 if m <= 16 else 64, "BLOCK_N": 16, "BLOCK_K": 32})]
+        for n, k in ((48, 256), (40, 384)):
+            w, x = torch.randn(n, k).to(dtype), torch.randn(m, k).to(dtype)
+            torch.testing.assert_close(qm.matmul(x, w, None, None, "dense").float(), x.float() @ w.float().T,
+                                       atol=tol * 10, rtol=tol)
+            for kind, group in ((\"int8\", 0), (\"fp8\", 0), (\"int4\", 32), (\"int4\", 128)):
+                p = quantize_rtn(w, kind, group or 128)
+                got = qm.matmul(x, p.q, p.scale, p.zero, kind, p.group_size).float()
+                torch.testing.assert_close(got, x.float() @ dequantize(p, dtype).float().T, atol=tol * 10, rtol=tol)
+print("ok")
+"""
+
+
+def test_triton_kernel_matches_the_dequantized_weight_in_the_interpreter(cli_env, python):
+    pytest.importorskip("triton")
+    done = subprocess.run([python, "-c", INTERPRETED], env=cli_env | {"TRITON_INTERPRET": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
