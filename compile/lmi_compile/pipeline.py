@@ -51,6 +51,7 @@ from lmi_runtime.checksums import sha256_file
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage import open_storage
+from lmi_runtime.storage.base import ABSENT, Absent
 from lmi_runtime.storage.s3 import S3Options
 
 Log = Callable[[str], None]
@@ -148,7 +149,7 @@ def run_recipe(
         model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
                                architecture=(model.config.get("architectures") or [None])[0],
                                config_digest=sha256_file(model.path / "config.json"))
-        existing = _published(uri, model_info, s3_options)  # another model there: refused before any work
+        existing, version = _published(uri, model_info, s3_options)  # another model there: refused before any work
 
         if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
             source, quantization = model.path, vendor_stage.quantization_info(recipe, plan)
@@ -168,7 +169,7 @@ def run_recipe(
             quantization = _quantization(report)
         compiled = stages.cached("compile", stage_key("compile", [source], compile_settings(recipe, plan)),
                                  lambda out: compile_model(recipe, plan, source, out, log))
-        target = target_info(recipe, plan)
+        target = target_info(recipe, plan, compiled)
 
         name = profile_name(recipe, plan)
         at_root = existing is None or (name in existing.profiles and not existing.profiles[name].folder)
@@ -180,7 +181,8 @@ def run_recipe(
         manifest = _merged(artifact, model_info, profile, existing)
         write_manifest(artifact, manifest)
         log(f"publish: {uri} (profile {name}" + (f", added to the {len(existing.profiles)} there)" if existing else ")"))
-        ref = stages.timed("publish", lambda: publish(artifact, uri, s3_options=s3_options, local_only=existing is not None))
+        ref = stages.timed("publish", lambda: publish(artifact, uri, s3_options=s3_options, local_only=existing is not None,
+                                                      based_on=version))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RunResult(plan=plan, artifact=ref, manifest=manifest, profile=name, stages=stages.times, quality=report,
@@ -267,11 +269,12 @@ def plan_profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantiz
     return Profile(name=name, folder=folder, target=target, quantization=quantization, limits=profile_limits(plan))
 
 
-def _published(uri: str, model: ModelInfo, s3_options) -> Manifest | None:
-    """The manifest already at the destination, if any; refused if it is another model's."""
+def _published(uri: str, model: ModelInfo, s3_options) -> tuple[Manifest | None, str | Absent]:
+    """The manifest already at the destination (None if none) and its version, which the
+    publish checks is still there; refused if it is another model's."""
     found = open_storage(uri, s3_options).get_bytes(MANIFEST_NAME)
     if found is None:
-        return None
+        return None, ABSENT
     existing = parse_manifest(found[0], f"{uri}/{MANIFEST_NAME}")
     theirs = existing.model
     same = (theirs.config_digest == model.config_digest if theirs.config_digest
@@ -282,7 +285,7 @@ def _published(uri: str, model: ModelInfo, s3_options) -> Manifest | None:
             f"{(theirs.config_digest or 'not recorded')[:12]}; this run's is {(model.config_digest or '')[:12]}): "
             "a profile can only be added to an artifact of the same model",
             hint="publish to another output.uri (or --out), or remove the artifact there first")
-    return existing
+    return existing, found[1]
 
 
 def _lay_out(compiled: Path, artifact: Path, folder: str, existing: Manifest | None) -> None:

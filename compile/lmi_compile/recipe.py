@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmi_runtime.artifact.manifest import PROFILE_NAME
 from lmi_runtime.config.schema import check_queue_holds_batch
 
-QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]  # fp8: trtllm (ModelOpt) only
+# fp8: llm-compressor for the torch target, NVIDIA ModelOpt for trtllm
+QuantMethod = Literal["none", "awq", "gptq", "smoothquant", "static_int8", "fp8"]
 BackendName = Literal["auto", "torch", "trtllm", "neuron"]
-INT8_METHODS = ("smoothquant", "static_int8", "fp8")
+EIGHT_BIT_METHODS = ("smoothquant", "static_int8", "fp8")
 
 
 class Section(BaseModel):
@@ -70,9 +71,9 @@ class QuantizeSpec(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _int8_methods_use_8_bits(cls, data: Any) -> Any:
-        """static_int8 and smoothquant are 8-bit: default `bits` to 8 for them, reject other widths."""
-        if isinstance(data, dict) and data.get("method") in INT8_METHODS:
+    def _eight_bit_methods_use_8_bits(cls, data: Any) -> Any:
+        """static_int8, smoothquant and fp8 are 8-bit: default `bits` to 8 for them, reject other widths."""
+        if isinstance(data, dict) and data.get("method") in EIGHT_BIT_METHODS:
             if data.get("bits", 8) != 8:
                 raise ValueError(f"method {data['method']} is 8-bit; remove 'bits' or set it to 8")
             data = {**data, "bits": 8}

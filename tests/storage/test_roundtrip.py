@@ -86,6 +86,37 @@ def test_changed_file_is_the_only_one_sent(artifact, bucket, options, tmp_path):
     assert got == read_manifest(artifact)
 
 
+def test_a_manifest_replaced_since_it_was_read_is_not_overwritten(artifact, bucket, options, tmp_path):
+    """Two runs adding profiles to one artifact: the one that read the manifest first must not
+    erase what the other published since; it is refused before sending anything."""
+    from lmi_runtime.artifact.folder import build_manifest, write_manifest
+    from lmi_runtime.storage.base import ABSENT
+
+    uri = f"s3://{bucket}/m"
+    storage = open_storage(uri, options)
+    with pytest.raises(StorageError, match="changed while this run prepared"):
+        publish(artifact, uri, options, based_on="an-old-etag")  # nothing there, yet it expected a version
+    publish(artifact, uri, options, based_on=ABSENT)
+    read_at = storage.get_bytes(MANIFEST_NAME)[1]
+    theirs = tmp_path / "theirs"
+    (theirs).mkdir()
+    for name in ("config.json",):  # the other run: a changed file and its manifest
+        (theirs / name).write_text('{"architectures": ["MistralForCausalLM"]}')
+    old = read_manifest(artifact)
+    write_manifest(theirs, build_manifest(theirs, model=old.model, target=old.target))
+    publish(theirs, uri, options)
+    published = storage.get_bytes(MANIFEST_NAME)
+    (artifact / "config.json").write_text('{"architectures": ["Qwen2ForCausalLM"]}')
+    write_manifest(artifact, build_manifest(artifact, model=old.model, target=old.target))
+    with pytest.raises(StorageError, match="another run published there") as err:
+        publish(artifact, uri, options, based_on=read_at)
+    assert "run again" in err.value.hint
+    assert storage.get_bytes(MANIFEST_NAME) == published  # theirs is intact
+    assert json.loads(storage.get_bytes("config.json")[0])["architectures"] == ["MistralForCausalLM"]
+    with pytest.raises(StorageError, match="changed while"):
+        publish(artifact, uri, options, based_on=ABSENT)
+
+
 def test_boto3_fallback_round_trip(artifact, bucket, options, tmp_path):
     boto = options.__class__(**{**options.__dict__, "tool": "boto3"})
     ref = publish(artifact, f"s3://{bucket}/b", boto)

@@ -49,7 +49,7 @@ def quantize_command(
     model_dir: Path = typer.Argument(..., help="Hugging Face model folder to quantize."),
     out: Path = typer.Option(..., "--out", help="New folder for the quantized model and its report."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe YAML (its quantize: section)."),
-    method: Optional[str] = typer.Option(None, help="awq | gptq | smoothquant | static_int8 | none"),
+    method: Optional[str] = typer.Option(None, help="awq | gptq | smoothquant | static_int8 | fp8 | none"),
     bits: Optional[int] = typer.Option(None, help="Weight bits (4 or 8 for awq/gptq)."),
     group_size: Optional[str] = typer.Option(None, "--group-size", help="Columns per scale, or 'auto'."),
     symmetric: Optional[bool] = typer.Option(None, "--symmetric/--asymmetric", help="Zero point or not."),
@@ -66,7 +66,7 @@ def quantize_command(
     device: DeviceOption = "cpu",
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickle .bin weights when no safetensors exist (they can run code)."),
 ) -> None:
-    """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only) and check its perplexity."""
+    """Quantize a model folder (AWQ, GPTQ, SmoothQuant W8A8, int8 weight-only, fp8) and check its perplexity."""
     with printed_warnings():
         spec = load_spec(recipe, {
             "method": method,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lmi_compile.plan.instances import gpu_families
 from lmi_compile.plan.modelspec import ModelSpec
 from lmi_runtime.backends.llama_family import LLAMA_FAMILY
 from lmi_runtime.errors import ConfigError
@@ -20,6 +21,7 @@ TRTLLM_MODEL_TYPES = frozenset(
 NEURON_MODEL_TYPES = frozenset({"granite", "llama", "llama4_text", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe",
                                 "smollm3"})
 NEURON_QUANTIZATION = frozenset({"none", "static_int8"})
+FP8_MIN_COMPUTE_CAPABILITY = 8.9  # FP8 tensor cores: Ada (sm_89), Hopper (sm_90) and later
 
 
 def torch_path(spec: ModelSpec) -> str:
@@ -42,6 +44,18 @@ def refuse_encoder_decoder(model_config: dict, requested: str) -> None:
         "optimum-neuron's text-generation export is decoder-only too",
         hint="serve encoder-decoder models such as Flan-T5 with LMI's lmi-dist container "
              "(option.rolling_batch=lmi-dist), or choose a decoder-only model")
+
+
+def refuse_fp8_without_fp8_cores(hardware: Hardware) -> None:
+    """fp8 weights and activations are multiplied on FP8 tensor cores, which GPUs before Ada lack;
+    both GPU targets (trtllm, torch) refuse such a plan before anything is fetched. A CPU plan
+    passes: lmi-serve dequantizes compressed-tensors checkpoints there."""
+    cc = float(hardware.compute_capability or 0)
+    if hardware.kind != "cuda" or cc >= FP8_MIN_COMPUTE_CAPABILITY:
+        return
+    families = ", ".join(f"{family} ({gpu})" for family, gpu in gpu_families(FP8_MIN_COMPUTE_CAPABILITY).items())
+    raise ConfigError(f"fp8 needs FP8 tensor cores (sm_89+); {hardware.describe()} is {hardware.arch}",
+                      hint=f"use awq, smoothquant or static_int8 on this GPU, or plan for an instance with FP8: {families}")
 
 
 def choose_backend(requested: str, hardware: Hardware, spec: ModelSpec, quantization: str) -> tuple[str, str]:

@@ -83,3 +83,10 @@ def instance_hardware(instance_type: str) -> Hardware:
 
 def instance_types() -> list[str]:
     return [f"ml.{name}" for name in INSTANCES]
+
+
+def gpu_families(min_compute_capability: float) -> dict[str, str]:
+    """{"ml.g6": "L4", ...}: the instance families whose GPUs reach this compute capability."""
+    return {f"ml.{name.split('.')[0]}": accel.name.removeprefix("NVIDIA ").split()[0]
+            for name, (accel, _, _) in INSTANCES.items()
+            if accel.kind == "cuda" and float(accel.compute_capability) >= min_compute_capability}

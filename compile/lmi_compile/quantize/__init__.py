@@ -1,6 +1,6 @@
-"""The quantize stage: AWQ, GPTQ, SmoothQuant (W8A8) and int8 weight-only, with calibration
-text, a perplexity quality gate and a report. llm-compressor is imported only when a method runs,
-and torch only when the stage is used (the planner reads `defaults` without it)."""
+"""The quantize stage: AWQ, GPTQ, SmoothQuant (W8A8), int8 weight-only and fp8 (W8A8), with
+calibration text, a perplexity quality gate and a report. llm-compressor is imported only when a
+method runs, and torch only when the stage is used (the planner reads `defaults` without it)."""
 
 from lmi_compile.quantize.report import REPORT_NAME, QuantReport
 

@@ -34,7 +34,7 @@ GPU = DeviceSizes(
 
 # (recipe key, section, field, DeviceSizes attribute, the methods it applies to)
 CALIBRATED = ("awq", "gptq", "smoothquant")
-EVALUATED = ("awq", "gptq", "smoothquant", "static_int8")
+EVALUATED = ("awq", "gptq", "smoothquant", "static_int8", "fp8")
 SIZES = (
     ("calibration.num_samples", "calibration", "num_samples", "num_samples", CALIBRATED),
     ("calibration.seq_len", "calibration", "seq_len", "seq_len", CALIBRATED),

@@ -6,12 +6,14 @@
 | gptq        | int4/int8, groups, GPTQ     | 16-bit                   | yes         |
 | smoothquant | int8 per channel            | int8 per token, dynamic  | yes         |
 | static_int8 | int8 per channel            | 16-bit                   | no          |
+| fp8         | fp8 (e4m3) per channel      | fp8 per token, dynamic   | no          |
 | rtn         | round-to-nearest baseline for the benchmark (no calibration)          |
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -35,20 +37,21 @@ class Settings:
     alpha: float = 0.8
     awq_grid: int = 20
     awq_duo_scaling: bool | str = True
-    activation_bits: int = 16  # 8: int8 per-token dynamic activations (W8A8)
+    activation_bits: int = 16  # 8: per-token dynamic activations of `type` (W8A8)
+    type: Literal["int", "float"] = "int"  # "float": float8_e4m3fn weights and activations (fp8)
 
 
 def _scheme(settings: Settings, lc):
     weights = lc.QuantizationArgs(
         num_bits=settings.bits,
-        type="int",
+        type=settings.type,
         symmetric=settings.symmetric,
         strategy="group" if settings.group_size else "channel",
         group_size=settings.group_size,
     )
     activations = None
     if settings.activation_bits == 8:
-        activations = lc.QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="token", dynamic=True)
+        activations = lc.QuantizationArgs(num_bits=8, type=settings.type, symmetric=True, strategy="token", dynamic=True)
     return lc.QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)
 
 
@@ -78,7 +81,7 @@ def recipe(settings: Settings) -> list:
                 lc.SmoothQuantModifier(smoothing_strength=settings.alpha),
                 lc.QuantizationModifier(config_groups=groups, ignore=ignore),
             ]
-        case "static_int8" | "rtn":
+        case "static_int8" | "fp8" | "rtn":
             return [lc.QuantizationModifier(config_groups=groups, ignore=ignore)]
     raise ConfigError(f"unknown quantization method '{settings.method}'")
 

@@ -19,6 +19,12 @@ class TextUse(BaseModel):
     seq_len: int
     tokens: int
 
+    @classmethod
+    def of(cls, text, sequences: list[list[int]], seq_len: int) -> "TextUse":
+        """How much of `text` (a corpus with `source` and `licence`) the token `sequences` used."""
+        return cls(source=text.source, licence=text.licence, samples=len(sequences), seq_len=seq_len,
+                   tokens=sum(map(len, sequences)))
+
 
 class Perplexity(BaseModel):
     original: float

@@ -14,6 +14,7 @@ from pathlib import Path
 from lmi_runtime.artifact.folder import digest_of, read_manifest, scan_files, verify_folder
 from lmi_runtime.artifact.manifest import MANIFEST_NAME
 from lmi_runtime.artifact.transfer import push
+from lmi_runtime.storage.base import Absent
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.storage import open_storage, parse_uri
 
@@ -31,9 +32,12 @@ class ArtifactRef:
     tool: str
 
 
-def publish(artifact_dir: Path, dest: str, s3_options=None, local_only: bool = False) -> ArtifactRef:
+def publish(artifact_dir: Path, dest: str, s3_options=None, local_only: bool = False,
+            based_on: str | Absent | None = None) -> ArtifactRef:
     """`local_only`: the manifest also lists files already published (a profile added to an
-    artifact): verify and send only the ones in `artifact_dir`."""
+    artifact): verify and send only the ones in `artifact_dir`. `based_on`: the version of the
+    destination's manifest this one merged (ABSENT: there was none); a run that published
+    there since is not overwritten."""
     artifact_dir = artifact_dir.expanduser().absolute()
     manifest = read_manifest(artifact_dir)
     entries = manifest.all_files()
@@ -44,7 +48,7 @@ def publish(artifact_dir: Path, dest: str, s3_options=None, local_only: bool = F
     location = parse_uri(dest)
     _refuse_overlap(artifact_dir, location.path if location.kind == "local" else None, dest)
     data = (artifact_dir / MANIFEST_NAME).read_bytes()
-    report = push(artifact_dir, entries, open_storage(location, s3_options), MANIFEST_NAME, data)
+    report = push(artifact_dir, entries, open_storage(location, s3_options), MANIFEST_NAME, data, based_on)
     return ArtifactRef(
         uri=location.uri, manifest_sha256=digest_of(data), sent=report.sent.keys, skipped=report.skipped,
         bytes_sent=report.sent.bytes, seconds=report.sent.seconds, tool=report.sent.tool,

@@ -19,13 +19,14 @@ from lmi_runtime.progress import Progress, Task, progress
 from lmi_compile.quantize import corpora, defaults, evaluate, groups, methods
 from lmi_compile.quantize.library import quiet, versions
 from lmi_compile.quantize.report import Perplexity, QuantReport, TextUse, peak_memory
-from lmi_compile.recipe import QuantizeSpec
+from lmi_compile.recipe import EIGHT_BIT_METHODS, QuantizeSpec
 
 FORMATS = {
     "awq": "compressed-tensors pack-quantized",
     "gptq": "compressed-tensors pack-quantized",
     "smoothquant": "compressed-tensors int-quantized",
     "static_int8": "compressed-tensors pack-quantized",
+    "fp8": "compressed-tensors float-quantized",
     "none": "unchanged",
 }
 
@@ -68,10 +69,7 @@ def quantize(
 def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[methods.Settings, str | None]:
     """Turn the user's spec into concrete settings (bits checked, group size resolved)."""
     method = spec.method
-    if method == "fp8":
-        raise ConfigError("fp8 is quantized by NVIDIA ModelOpt for the trtllm target, not by llm-compressor",
-                          hint="use target.backend: trtllm (lmi-compile run in the Dockerfile.trtllm image)")
-    if method in ("smoothquant", "static_int8"):
+    if method in EIGHT_BIT_METHODS:
         if "bits" in spec.model_fields_set and spec.bits != 8:
             raise ConfigError(f"{method} quantizes to 8 bits, not {spec.bits}", hint="drop bits or set bits: 8")
         bits, group, note = 8, None, None
@@ -96,7 +94,8 @@ def resolve_settings(spec: QuantizeSpec, widths: dict[str, int]) -> tuple[method
         alpha=spec.alpha,
         awq_grid=spec.awq_grid,
         awq_duo_scaling=spec.awq_duo_scaling,
-        activation_bits=8 if method == "smoothquant" else 16,
+        activation_bits=8 if method in ("smoothquant", "fp8") else 16,
+        type="float" if method == "fp8" else "int",
     )
     return settings, note
 
@@ -157,22 +156,8 @@ def _quantize(model_dir: Path, spec: QuantizeSpec, tmp: Path, device: str, shown
         settings={k: v for k, v in asdict(settings).items() if k != "method"},
         group_size_note=note,
         format=FORMATS[settings.method],
-        calibration=TextUse(
-            source=texts.calibration.source,
-            licence=texts.calibration.licence,
-            samples=len(samples),
-            seq_len=cal.seq_len,
-            tokens=sum(map(len, samples)),
-        )
-        if samples
-        else None,
-        evaluation=TextUse(
-            source=texts.evaluation.source,
-            licence=texts.evaluation.licence,
-            samples=len(windows),
-            seq_len=qual.seq_len,
-            tokens=sum(map(len, windows)),
-        ),
+        calibration=TextUse.of(texts.calibration, samples, cal.seq_len) if samples else None,
+        evaluation=TextUse.of(texts.evaluation, windows, qual.seq_len),
         perplexity=Perplexity(
             original=original,
             quantized=quantized,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lmi_compile.plan import Plan
+from lmi_compile.plan.backend import refuse_fp8_without_fp8_cores
 from lmi_runtime.artifact.manifest import TargetInfo
 from lmi_runtime.backends.vendor import require
 from lmi_runtime.errors import ConfigError
@@ -38,7 +39,6 @@ MODELOPT_CONFIGS = {"fp8": "FP8_DEFAULT_CFG", "awq": "INT4_AWQ_CFG", "smoothquan
                     "static_int8": "INT8_WEIGHT_ONLY_CFG"}
 # engine mode: examples/quantization/quantize.py --qformat for the methods only it implements
 QUANTIZE_QFORMATS = {"fp8": "fp8", "awq": "int4_awq"}
-FP8_MIN_SM = 89  # FP8 tensor cores: Ada (sm_89) and Hopper (sm_90) and later
 EXAMPLES = os.environ.get("TRTLLM_EXAMPLES", "/app/tensorrt_llm/examples")  # in NVIDIA's release image
 GRAPH_PADDING = False  # padding batches up to a captured size: TensorRT-LLM's default
 Log = Callable[[str], None]
@@ -49,13 +49,8 @@ def check(plan: Plan) -> None:
     if plan.quantization == "gptq":
         raise ConfigError("the trtllm target quantizes with ModelOpt, which has no GPTQ",
                           hint="use quantize.method: awq (INT4 weights, group 128) for TensorRT-LLM")
-    if plan.quantization == "fp8" and _sm(plan) < FP8_MIN_SM:
-        raise ConfigError(f"fp8 needs FP8 tensor cores (sm_89+); {plan.hardware.describe()} is {plan.hardware.arch}",
-                          hint="use awq or smoothquant on this GPU, or plan for ml.p5 / ml.g6 instances")
-
-
-def _sm(plan: Plan) -> int:
-    return int((plan.hardware.compute_capability or "0").replace(".", ""))
+    if plan.quantization == "fp8":
+        refuse_fp8_without_fp8_cores(plan.hardware)
 
 
 def cuda_graph_batch_sizes(max_batch_size: int) -> list[int]:
