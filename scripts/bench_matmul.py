@@ -1,7 +1,7 @@
 """The decode step's matmuls on a CUDA GPU: our Triton kernel (`kernels/quant_matmul.py`)
 against cuBLAS and the field's quantized kernels, same run, same shapes.
 
-  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--out DIR]
+  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--out DIR]
 
 For each Llama-2-7B projection (q/k/v fused, o, gate/up fused, down, lm_head) and token count:
 cuBLAS fp16 (`F.linear`), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
@@ -99,7 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1,4,16,64")
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--only", default="", help="comma-separated parts of variant names to run (cublas fp16 always runs)")
     args = parser.parse_args()
+    only = [part for part in args.only.split(",") if part] + ["cublas fp16"]
     args.out.mkdir(parents=True, exist_ok=True)
     tokens = [int(t) for t in args.tokens.split(",")]
     torch.manual_seed(0)
@@ -110,6 +112,8 @@ def main() -> None:
         sets = [variants(w16 if i == 0 else w16.clone()) for i in range(max(2, min(32, math.ceil(L2_DEFEAT / (n * k / 2)))))]
         table = {}
         for name, (fn, nbytes, ref) in sets[0].items():
+            if args.only and not any(part in name for part in only):
+                continue
             row = {}
             for m in tokens:
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
@@ -136,7 +140,7 @@ def main() -> None:
         del w16
         torch.cuda.empty_cache()
     print("\none decode step's matmuls (32 layers + lm_head), ms, and vs cuBLAS fp16")
-    names = list(results["shapes"]["qkv"]["variants"])
+    names = list(results["shapes"]["qkv"]["variants"])  # those that ran
     step = {}
     for name in names:
         step[name] = {}
@@ -154,7 +158,7 @@ def main() -> None:
     for kernel in (quant_matmul._matmul_kernel,):
         print(f"\nautotuned {kernel.fn.__name__}:")
         for key, config in kernel.cache.items():
-            print(f"  {key[:5]} -> {config}")
+            print(f"  {key[:6]} -> {config}")  # M bucket, N, K, kind, group, split
     (args.out / "bench_matmul.json").write_text(json.dumps(results, indent=2))
 
 

@@ -93,16 +93,20 @@ from lmi_runtime.quant.packed import quantize_rtn, dequantize
 torch.manual_seed(0)
 for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):
     for m in (1, 3, 20):
-        # one small tile (the autotuner needs a GPU to time several)
-        qm._matmul_kernel.configs = [triton.Config({"BLOCK_M": 16 if m <= 16 else 64, "BLOCK_N": 16, "BLOCK_K": 32})]
-        for n, k in ((48, 256), (40, 384)):
+        # one tile (the autotuner needs a GPU to time several): four int4 groups of 32 or one of 128
+        qm._matmul_kernel.configs = [triton.Config({"BLOCK_M": 16 if m <= 16 else 64, "BLOCK_N": 16, "BLOCK_K": 128})]
+        for n, k in ((48, 256), (40, 416)):  # 416: 13 groups of 32, the last tile part-filled
             w, x = torch.randn(n, k).to(dtype), torch.randn(m, k).to(dtype)
             torch.testing.assert_close(qm.matmul(x, w, None, None, "dense").float(), x.float() @ w.float().T,
                                        atol=tol * 10, rtol=tol)
-            for kind, group in ((\"int8\", 0), (\"fp8\", 0), (\"int4\", 32), (\"int4\", 128)):
+            for kind, group, split in ((\"int8\", 0, 1), (\"fp8\", 0, 2), (\"int4\", 32, 1), (\"int4\", 32, 3),
+                                       (\"int4\", 128, 1), (\"int4\", 128, 2)):
+                if k % (group or 1):
+                    continue
                 p = quantize_rtn(w, kind, group or 128)
-                got = qm.matmul(x, p.q, p.scale, p.zero, kind, p.group_size).float()
-                torch.testing.assert_close(got, x.float() @ dequantize(p, dtype).float().T, atol=tol * 10, rtol=tol)
+                got = qm.matmul(x, p.q, p.scale, p.zero, kind, p.group_size, split)
+                assert got.dtype == dtype and got.shape == (m, n)
+                torch.testing.assert_close(got.float(), x.float() @ dequantize(p, dtype).float().T, atol=tol * 10, rtol=tol)
 print("ok")
 """
 
