@@ -204,27 +204,32 @@ def step_bytes(folder: Path) -> int:
 def report(name: str, figures: dict, out: Path) -> None:
     ceiling = figures["ceiling_tok_s"]
     ours = figures["graphs"]
-    rows = [
-        ("copy bandwidth (TB/s, read+write)", figures["copy_tb_s"], ""),
-        ("ceiling single-stream (tok/s)", ceiling, "1.00x ceiling"),
-        ("transformers generate b=1 (tok/s)", figures["hf_generate_b1_tok_s"],
-         f"{figures['hf_generate_b1_tok_s'] / ceiling:.2f}x ceiling"),
-        ("ours eager single-stream decode (tok/s)", figures["eager"]["single_decode_tok_s"],
-         f"{figures['eager']['single_decode_tok_s'] / ceiling:.2f}x ceiling"),
-        ("ours single-stream decode (tok/s)", ours["single_decode_tok_s"],
-         f"{ours['single_decode_tok_s'] / ceiling:.2f}x ceiling"),
-        (f"transformers generate b={CONCURRENT} (tok/s)", figures[f"hf_generate_b{CONCURRENT}_tok_s"], "1.00x hf"),
-        (f"ours eager {CONCURRENT} concurrent (tok/s)", figures["eager"][f"c{CONCURRENT}_tok_s"],
-         f"{figures['eager'][f'c{CONCURRENT}_tok_s'] / figures[f'hf_generate_b{CONCURRENT}_tok_s']:.2f}x hf"),
+    hf1, hf64 = figures.get("hf_generate_b1_tok_s"), figures.get(f"hf_generate_b{CONCURRENT}_tok_s")
+    eager = figures.get("eager")
+    rows = [("copy bandwidth (TB/s, read+write)", figures["copy_tb_s"], ""),
+            ("ceiling single-stream (tok/s)", ceiling, "1.00x ceiling")]
+    if hf1:
+        rows.append(("transformers generate b=1 (tok/s)", hf1, f"{hf1 / ceiling:.2f}x ceiling"))
+    if eager:
+        rows.append(("ours eager single-stream decode (tok/s)", eager["single_decode_tok_s"],
+                     f"{eager['single_decode_tok_s'] / ceiling:.2f}x ceiling"))
+    rows.append(("ours single-stream decode (tok/s)", ours["single_decode_tok_s"],
+                 f"{ours['single_decode_tok_s'] / ceiling:.2f}x ceiling"))
+    if hf64:
+        rows.append((f"transformers generate b={CONCURRENT} (tok/s)", hf64, "1.00x hf"))
+    if eager and hf64:
+        rows.append((f"ours eager {CONCURRENT} concurrent (tok/s)", eager[f"c{CONCURRENT}_tok_s"],
+                     f"{eager[f'c{CONCURRENT}_tok_s'] / hf64:.2f}x hf"))
+    rows += [
         (f"ours {CONCURRENT} concurrent (tok/s)", ours[f"c{CONCURRENT}_tok_s"],
-         f"{ours[f'c{CONCURRENT}_tok_s'] / figures[f'hf_generate_b{CONCURRENT}_tok_s']:.2f}x hf"),
+         f"{ours[f'c{CONCURRENT}_tok_s'] / hf64:.2f}x hf" if hf64 else ""),
         ("one forward over the prompt (ms)", 1e3 * ours["prompt_forward_s"], ""),
         ("ours TTFT c=1 (ms)", 1e3 * ours["single_ttft_s"],
          f"{ours['single_ttft_s'] / ours['prompt_forward_s']:.2f}x forward"),
         (f"ours TTFT c={CONCURRENT} p50 (ms)", 1e3 * ours[f"c{CONCURRENT}_ttft_p50_s"], ""),
         ("decode graph alone b=1 / b=64 (ms)", ours.get("graph_replay_b1_ms", 0),
          f"{ours.get(f'graph_replay_b{CONCURRENT}_ms', 0):.2f} ms at b={CONCURRENT}"),
-        ("load + compile + capture (s)", ours["load_s"], f"eager load {figures['eager']['load_s']:.1f} s"),
+        ("load + compile + capture (s)", ours["load_s"], f"eager load {eager['load_s']:.1f} s" if eager else ""),
     ]
     for quant in ("static_int8", "fp8", "int4"):
         if quant in figures:
@@ -247,11 +252,14 @@ def report(name: str, figures: dict, out: Path) -> None:
     except ImportError:
         return
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.bar(["ceiling", "hf b=1", "eager", "ours"], [ceiling, figures["hf_generate_b1_tok_s"],
-             figures["eager"]["single_decode_tok_s"], ours["single_decode_tok_s"]])
+    quants = [q for q in ("static_int8", "fp8", "int4") if q in figures]
+    single = {"ceiling": ceiling, "hf b=1": hf1, "eager": eager and eager["single_decode_tok_s"],
+              "ours": ours["single_decode_tok_s"]} | {q: figures[q]["single_decode_tok_s"] for q in quants}
+    many = {f"hf b={CONCURRENT}": hf64, "eager": eager and eager[f"c{CONCURRENT}_tok_s"],
+            "ours": ours[f"c{CONCURRENT}_tok_s"]} | {q: figures[q][f"c{CONCURRENT}_tok_s"] for q in quants}
+    left.bar(*zip(*[(k, v) for k, v in single.items() if v]))
     left.set_title("single-stream decode, tok/s")
-    right.bar([f"hf b={CONCURRENT}", "eager", "ours"], [figures[f"hf_generate_b{CONCURRENT}_tok_s"],
-              figures["eager"][f"c{CONCURRENT}_tok_s"], ours[f"c{CONCURRENT}_tok_s"]])
+    right.bar(*zip(*[(k, v) for k, v in many.items() if v]))
     right.set_title(f"{CONCURRENT} concurrent, tok/s")
     fig.suptitle(f"{name}, {figures['dtype']}, {figures['device']}")
     fig.tight_layout()
@@ -266,7 +274,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--profile", action="store_true", help="also write the decode step's kernel table")
     parser.add_argument("--quant", default="", help="also serve quantized at load: fp8,static_int8,int4 (graphs only)")
+    parser.add_argument("--skip", default="", help="leave out baselines: hf (transformers generate), eager")
     args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
     bandwidth = copy_bandwidth()
@@ -276,12 +286,16 @@ def main() -> None:
             vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
             figures = {"dtype": args.dtype, "device": torch.cuda.get_device_name(), "copy_tb_s": bandwidth / 1e12,
                        "ceiling_tok_s": bandwidth / step_bytes(folder)}
-            figures |= bench_transformers(folder, dtype, vocab)
-            figures["eager"] = bench_ours(folder, args.dtype, vocab, eager=True)
+            if "hf" not in skip:
+                figures |= bench_transformers(folder, dtype, vocab)
+            if "eager" not in skip:
+                figures["eager"] = bench_ours(folder, args.dtype, vocab, eager=True)
             figures["graphs"] = bench_ours(folder, args.dtype, vocab, eager=False,
                                            profile_to=args.out if args.profile else None)
+            print("fp16 graphs", json.dumps(figures["graphs"]), flush=True)
             for quant in filter(None, args.quant.split(",")):
                 figures[quant] = bench_ours(folder, args.dtype, vocab, eager=False, quant=quant)
+                print(quant, json.dumps(figures[quant]), flush=True)  # in case a time limit cuts the run
             report(Path(name).name, figures, args.out)
 
 

@@ -51,6 +51,8 @@ def serve(
     served_model_name: Optional[str] = typer.Option(None, help="Model name reported by /v1/models."),
     quantize: Optional[str] = typer.Option(None, help="fp8 | static_int8: quantize a 16-bit checkpoint's layers at load, round-to-nearest per channel (awq, gptq, smoothquant need calibration: lmi-compile) (env OPTION_QUANTIZE)."),
     quantized_kernels: Optional[str] = typer.Option(None, help="auto | on | off: serve quantized layers packed, through quantized matmuls (auto: on CUDA; on CPU dequantized) (env OPTION_QUANTIZED_KERNELS)."),
+    kernel_cache: Optional[str] = typer.Option(None, help="Folder of compiled kernels: loaded when it holds a cache built for this GPU and these library versions, else filled by this start ('none': compile at every start; default: the artifact's kernel_cache/ if it ships one) (env OPTION_KERNEL_CACHE)."),
+    recompile: Optional[bool] = typer.Option(None, "--recompile/--no-recompile", help="Rebuild a kernel cache built for another GPU arch or library versions instead of refusing it (env OPTION_RECOMPILE)."),
     tensor_parallel_degree: Optional[str] = typer.Option(None, envvar="TENSOR_PARALLEL_DEGREE", help="Ranks to run; must match the artifact's split ('max' or unset: the artifact's)."),
     trust_remote_code: Optional[bool] = typer.Option(None, help="Allow code from the model folder (env HF_MODEL_TRUST_REMOTE_CODE)."),
     log_level: str = typer.Option("info", help="debug | info | warning | error."),
@@ -81,6 +83,7 @@ def serve(
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
         "enforce_eager": enforce_eager, "quantized_kernels": quantized_kernels, "quantize": quantize,
+        "kernel_cache": kernel_cache, "recompile": recompile,
         "tensor_parallel_degree": _degree(tensor_parallel_degree),
     }
     engine_config(options)  # a bad option or environment variable fails here, before listening

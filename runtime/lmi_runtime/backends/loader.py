@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -217,24 +218,31 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
                    files.manifest.limits.kv_cache if files.manifest is not None else None)
     info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                        {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-    backend = torch_backend(model, tokenizer, info, kv, config)
+    backend = torch_backend(model, tokenizer, info, kv, config, files.root)
     if group is not None and rank == 0:
         backend.tp = Leader(group)
     return backend
 
 
 def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
-                  config: EngineConfig) -> Backend:
+                  config: EngineConfig, root: Path | None = None) -> Backend:
     """The compact model's backend; on CUDA with compiled layers and decode graphs unless
-    `enforce_eager`."""
+    `enforce_eager`, their code from the kernel cache when there is one (`kernels.cache`; `root`:
+    the model folder, which may ship one)."""
     from lmi_runtime.backends.decode_graphs import DecodeGraphs
     from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+    from lmi_runtime.kernels import cache
 
     backend = TorchLlamaBackend(model, tokenizer, info, kv)
     if kv.pool.device.type == "cuda" and not config.enforce_eager:
+        kernels = cache.for_start(config.kernel_cache, root, kv.pool.device, config.recompile)
+        if kernels is not None:
+            info.details["kernel_cache"] = "loaded" if kernels.begin() else "built"
         model.compile_layers()
         backend.graphs = DecodeGraphs(backend, config.max_batch_size)
         backend.graphs.capture(backend)
+        if kernels is not None:
+            kernels.finish()
     info.details["cuda_graphs"] = str(backend.graphs is not None).lower()
     return backend
 

@@ -32,6 +32,8 @@ OPTION_FIELDS: dict[str, type] = {
     "kv_cache_gib": float,
     "served_model_name": str,
     "quantized_kernels": str,
+    "kernel_cache": str,
+    "recompile": bool,
 }
 
 
@@ -102,7 +104,7 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
         if raw is None:
             continue
         try:
-            values[name] = kind(raw)
+            values[name] = _parse(kind, raw)
         except ValueError as err:
             raise ConfigError(f"option.{name}={raw!r} is not a valid {kind.__name__}",
                               hint=f"set OPTION_{name.upper()} to a {kind.__name__}") from err
@@ -111,6 +113,14 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
                               hint=f"set --{name.replace('_', '-')} / OPTION_{name.upper()} to e.g. 2")
     _check_device(values.get("device", "auto"))
     return values
+
+
+def _parse(kind: type, raw: str) -> Any:
+    if kind is bool:  # bool("false") is True
+        if str(raw).lower() not in ("true", "false"):
+            raise ValueError(raw)
+        return str(raw).lower() == "true"
+    return kind(raw)
 
 
 def _check_device(device: str) -> None:

@@ -64,6 +64,7 @@ PASSTHROUGH_OPTIONS = frozenset(
         "batch_size", "amp", "chat_template", "enable_chunked_prefill", "kv_cache_dtype",
         # lmi-serve's own engine settings (see lmi_runtime.config.engine_settings)
         "device", "backend", "kv_cache_gib", "max_new_tokens", "served_model_name", "quantized_kernels",
+        "kernel_cache", "recompile",
     }
 )
 KNOWN_OPTIONS = frozenset(k[len("option."):] for k in FIELD_KEYS.values() if k.startswith("option.")) | PASSTHROUGH_OPTIONS

@@ -24,6 +24,8 @@ class EngineConfig:
     tensor_parallel_degree: int | None = None  # must match the artifact's when set; None: the artifact's
     quantized_kernels: str = "auto"  # auto | on | off: quantized layers stay packed (auto: on CUDA; CPU serves them dequantized)
     quantize: str = "none"  # OPTION_QUANTIZE: a 16-bit checkpoint's layers quantized at load (fp8, static_int8)
+    kernel_cache: str | None = None  # folder of compiled code (kernels.cache); None: the artifact's if it ships one; "none": no cache
+    recompile: bool = False  # a kernel cache built for another GPU or library versions is rebuilt instead of refused
 
     def __post_init__(self) -> None:
         from lmi_runtime.errors import ConfigError

@@ -1,0 +1,140 @@
+"""A kernel cache: the code a CUDA start compiles, saved once and loaded before the model compiles.
+
+What a start builds, and where it goes: the compiled layers (Inductor, through
+`torch.compiler.save_cache_artifacts` / `load_cache_artifacts`), and the Triton kernels of our
+own (paged attention, quantized matmul) with the matmul's autotuning results (Triton's cache
+folder, `TRITON_CACHE_DIR`, which `autotune(cache_results=True)` writes into). The folder:
+
+    info.json     GPU arch, torch, triton and CUDA versions it was built with (written last)
+    inductor.bin  torch.compiler's cache artifacts
+    triton/       Triton's cache folder
+
+Compiled code runs only on the GPU arch and with the library versions it was built for, so a
+cache built elsewhere is refused with both named; `recompile` builds it anew instead. A folder
+without `info.json` is filled at the end of the start (`lmi-serve --kernel-cache DIR`: the
+first start builds, the next ones load); an artifact can ship one beside its weights
+(`kernel_cache/`), which is only read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lmi_runtime.errors import ArtifactError
+
+log = logging.getLogger("lmi_runtime.kernel_cache")
+INFO = "info.json"
+SHIPPED = "kernel_cache"  # an artifact's cache, beside its weights
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    arch: str
+    torch: str
+    triton: str
+    cuda: str
+
+    @classmethod
+    def running(cls, device: torch.device) -> CacheInfo:
+        import triton
+
+        major, minor = torch.cuda.get_device_capability(device)
+        return cls(f"sm_{major}{minor}", torch.__version__, triton.__version__, torch.version.cuda or "none")
+
+    def describe(self) -> str:
+        return f"{self.arch}, torch {self.torch}, triton {self.triton}, CUDA {self.cuda}"
+
+
+@dataclass
+class KernelCache:
+    """One start's use of a cache folder: `begin` before anything compiles, `finish` after the
+    warm-up (decode graphs captured), which saves what was built if the folder had nothing."""
+
+    folder: Path
+    running: CacheInfo
+    recompile: bool = False
+    writable: bool = True
+    loaded: bool = False
+    _triton_dir: Path | None = None
+
+    def begin(self) -> bool:
+        """Point Triton at a private cache folder (a copy of the saved one, or empty) and load
+        Inductor's artifacts. True when a saved cache was loaded."""
+        self._triton_dir = Path(tempfile.mkdtemp(prefix="lmi-triton-"))
+        os.environ["TRITON_CACHE_DIR"] = str(self._triton_dir)
+        saved = read_info(self.folder)
+        if saved is not None and saved != self.running:
+            if not self.recompile:
+                raise ArtifactError(
+                    f"kernel cache {self.folder} was built for {saved.describe()}; this machine runs "
+                    f"{self.running.describe()}",
+                    hint="build it again here (lmi-serve --kernel-cache DIR --recompile), or serve without it "
+                         "(--kernel-cache none): the start then compiles")
+            log.warning("kernel cache %s built for %s, running %s: recompiling", self.folder, saved.describe(),
+                        self.running.describe())
+            saved = None
+        if saved is None:
+            return False
+        if (self.folder / "triton").is_dir():
+            shutil.copytree(self.folder / "triton", self._triton_dir, dirs_exist_ok=True)
+        if (self.folder / "inductor.bin").is_file():
+            torch.compiler.load_cache_artifacts((self.folder / "inductor.bin").read_bytes())
+        self.loaded = True
+        log.info("kernel cache loaded from %s (%s)", self.folder, saved.describe())
+        return True
+
+    def finish(self) -> None:
+        """Save what this start compiled, when the folder held no usable cache."""
+        if self.loaded or not self.writable or self._triton_dir is None:
+            return
+        save(self.folder, self._triton_dir, self.running)
+        log.info("kernel cache saved to %s (%s)", self.folder, self.running.describe())
+
+
+def read_info(folder: Path) -> CacheInfo | None:
+    path = folder / INFO
+    if not path.is_file():
+        return None
+    try:
+        return CacheInfo(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise ArtifactError(f"kernel cache {folder}: unreadable {INFO} ({err})",
+                            hint="delete the folder to rebuild it, or pass --recompile") from err
+
+
+def save(folder: Path, triton_dir: Path, info: CacheInfo) -> None:
+    """Write the cache beside `folder` first and move it in whole, `info.json` last, so a start
+    killed half-way leaves no folder that claims to be a cache."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    shutil.copytree(triton_dir, staging / "triton")
+    artifacts = torch.compiler.save_cache_artifacts()
+    if artifacts is not None:
+        (staging / "inductor.bin").write_bytes(artifacts[0])
+    (staging / INFO).write_text(json.dumps(asdict(info), indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
+def for_start(setting: str | None, model_root: Path | None, device: torch.device,
+              recompile: bool) -> KernelCache | None:
+    """The cache a CUDA start with compiled layers uses: `setting` (a folder; 'none': no cache),
+    else the artifact's shipped `kernel_cache/` (read only), else none."""
+    if setting == "none" or device.type != "cuda":
+        return None
+    running = CacheInfo.running(device)
+    if setting:
+        return KernelCache(Path(setting), running, recompile)
+    shipped = model_root / SHIPPED if model_root is not None else None
+    if shipped is not None and (shipped / INFO).is_file():
+        return KernelCache(shipped, running, recompile, writable=False)
+    return None

@@ -1,0 +1,105 @@
+"""Cold start on a CUDA GPU: process start → first token, compiling at start vs loading a kernel cache.
+
+  python3 scripts/bench_cold_start.py --tokenizer DIR [--model llama2-7b|tiny|FOLDER] [--quant static_int8] [--out DIR]
+
+Each start is a new process (imports included) with empty Inductor and Triton caches, so
+nothing compiled by an earlier one is reused except through the kernel cache
+(`lmi_runtime.kernels.cache`): 1. `--kernel-cache none` (what every start did before), 2. an
+empty cache folder (this start compiles and saves), 3. the same folder (this start loads).
+Then the saved cache with another GPU arch in its info.json: the start must be refused, and
+its message is printed. Prints the table, writes bench_cold_start.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def child(folder: str, cache: str, quant: str) -> None:
+    """One start, timed from the parent's spawn (LMI_T0)."""
+    sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
+    from lmi_runtime.backends.loader import load_backend
+    from lmi_runtime.engine.config import EngineConfig
+    from lmi_runtime.engine.engine import LLMEngine
+    from lmi_runtime.engine.offline import generate
+    from lmi_runtime.engine.request import SamplingParams
+    from lmi_runtime.locate import inspect_folder
+
+    config = EngineConfig(device="cuda", dtype="float16", max_batch_size=64, max_model_len=1024, kernel_cache=cache,
+                          quantize=quant)
+    backend = load_backend(inspect_folder(Path(folder)), config)
+    loaded = time.time()
+    generate(LLMEngine(backend, config), [list(range(100, 228))], SamplingParams(max_new_tokens=1))
+    first = time.time()
+    t0 = float(os.environ["LMI_T0"])
+    print(json.dumps({"to_loaded_s": loaded - t0, "to_first_token_s": first - t0,
+                      "kernel_cache": backend.info.details.get("kernel_cache", "none")}))
+
+
+def start(folder: Path, cache: str, quant: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
+                        "LMI_T0": repr(time.time())}
+    return subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache", cache, "--quant", quant],
+                          env=env, capture_output=True, text=True, timeout=900)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", type=Path)
+    parser.add_argument("--model", default="llama2-7b")
+    parser.add_argument("--quant", default="none", help="lmi-serve --quantize for every start (fp8, static_int8)")
+    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.cache, args.quant)
+    import torch
+
+    from bench_gpu import SHAPES, random_folder
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"model": args.model, "quant": args.quant, "device": torch.cuda.get_device_name()}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.model)
+        if args.model in SHAPES:
+            folder = random_folder(args.model, args.tokenizer, Path(tmp) / "model", torch.float16)
+            torch.cuda.empty_cache()
+        cache = Path(tmp) / "kernel-cache"
+        for label, setting in (("compile at start", "none"), ("compile and save the cache", str(cache)),
+                               ("load the kernel cache", str(cache))):
+            done = start(folder, setting, args.quant)
+            if done.returncode != 0:
+                print(f"{label}: failed\n{done.stderr[-3000:]}")
+                results[label] = {"error": done.stderr[-1000:]}
+                continue
+            results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        info = json.loads((cache / "info.json").read_text())
+        results["cache_mib"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20
+        (cache / "info.json").write_text(json.dumps(info | {"arch": "sm_80"}))
+        refused = start(folder, str(cache), args.quant)
+        message = [line for line in refused.stderr.splitlines() if "kernel cache" in line]
+        results["other_arch"] = {"returncode": refused.returncode, "message": message[-1] if message else ""}
+    base = results["compile at start"].get("to_first_token_s")
+    print(f"\ncold start, {args.model} {args.quant}, {results['device']} (process start -> first token)")
+    for label in ("compile at start", "compile and save the cache", "load the kernel cache"):
+        row = results[label]
+        if "to_first_token_s" in row:
+            print(f"  {label:<28} {row['to_first_token_s']:7.1f} s  (loaded at {row['to_loaded_s']:.1f} s; cache "
+                  f"{row['kernel_cache']})  {base / row['to_first_token_s']:.2f}x faster than compiling")
+    print(f"  kernel cache size: {results['cache_mib']:.1f} MiB")
+    print(f"  cache built for sm_80: exit {results['other_arch']['returncode']}: {results['other_arch']['message']}")
+    (args.out / f"bench_cold_start_{Path(args.model).name}_{args.quant}.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
