@@ -24,3 +24,15 @@ def save_tiny_llama(out: Path, tokenizer_dir: Path, *, hidden: int = 128, interm
         if file.name.startswith(("tokenizer", "special_tokens")):
             (out / file.name).write_bytes(file.read_bytes())
     return out
+
+
+def torch_artifact(folder: Path, out: Path) -> Path:
+    """What the compile stage writes for target torch (quantized weights pre-packed), with its manifest."""
+    from lmi_compile.targets import torch_target
+    from lmi_runtime.artifact.folder import build_manifest, write_manifest
+    from lmi_runtime.artifact.manifest import ModelInfo
+
+    torch_target.build(folder, out, tp_degree=1, log=lambda line: None)
+    write_manifest(out, build_manifest(out, model=ModelInfo(source=str(folder)),
+                                       target=torch_target.describe(1, "float32", out)))
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from lmi_compile.commands import compile as compile_cmd
-from lmi_compile.commands import check, fetch, plan, publish, quantize, run, sagemaker
+from lmi_compile.commands import check, fetch, kernel_cache, plan, publish, quantize, run, sagemaker
 from lmi_runtime.cli_support import DEBUG_HELP, exit_with_error, set_debug
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("plan", help=plan.HELP)(plan.plan)
 app.command("fetch")(fetch.fetch_command)
 app.command("quantize")(quantize.quantize_command)
 app.command("compile")(compile_cmd.compile_command)
+app.command("kernel-cache")(kernel_cache.kernel_cache_command)
 app.command("publish")(publish.publish_command)
 app.command("run")(run.run)
 app.command("check", help=check.HELP)(check.check)

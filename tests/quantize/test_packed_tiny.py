@@ -17,8 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
 from lmi_compile.targets import torch_target
-from lmi_runtime.artifact.folder import build_manifest, read_manifest, write_manifest
-from lmi_runtime.artifact.manifest import ModelInfo
+from lmi_runtime.artifact.folder import read_manifest, write_manifest
 from lmi_runtime.artifact.toolchain import check_target
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.config.engine_settings import engine_config
@@ -29,7 +28,7 @@ from lmi_runtime.locate import inspect_folder
 from lmi_runtime.quant import compressed, prepacked
 from lmi_runtime.quant.compressed import Unsupported, scheme_of
 from lmi_runtime.quant.packed import dequantize
-from tiny_llama import save_tiny_llama
+from tiny_llama import save_tiny_llama, torch_artifact
 
 INT8_CHANNEL = {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "int", "symmetric": True,
                                                                "strategy": "channel"}}}  # as static_int8
@@ -161,17 +160,9 @@ def test_quantized_kernels_setting_flows_and_is_checked():
         EngineConfig(quantized_kernels="yes")
 
 
-def prepacked_artifact(folder: Path, out: Path) -> Path:
-    """What the compile stage writes for target torch, with its manifest."""
-    torch_target.build(folder, out, tp_degree=1, log=lambda line: None)
-    write_manifest(out, build_manifest(out, model=ModelInfo(source=str(folder)),
-                                       target=torch_target.describe(1, "float32", out)))
-    return out
-
-
 def test_prepacked_artifact_loads_without_conversion_and_scores_the_same(tiny_quantized, tmp_path):
     folder = tiny_quantized("W4A16_ASYM")
-    artifact = prepacked_artifact(folder, tmp_path / "artifact")
+    artifact = torch_artifact(folder, tmp_path / "artifact")
     manifest = read_manifest(artifact)
     assert next(iter(manifest.profiles.values())).target.toolchain["weights_layout"] == prepacked.LAYOUT
     assert not list(artifact.glob("*.safetensors")) and prepacked.layout_of([artifact / "rank0" / "model.safetensors"])
@@ -186,7 +177,7 @@ def test_prepacked_artifact_loads_without_conversion_and_scores_the_same(tiny_qu
 
 
 def test_another_layout_version_is_refused_clearly(tiny_quantized, tmp_path):
-    artifact = prepacked_artifact(tiny_quantized("W4A16"), tmp_path / "artifact")
+    artifact = torch_artifact(tiny_quantized("W4A16"), tmp_path / "artifact")
     manifest = read_manifest(artifact)
     target = next(iter(manifest.profiles.values())).target
     target.toolchain["weights_layout"] = "lmi-packed-9"

@@ -218,24 +218,24 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
                    files.manifest.limits.kv_cache if files.manifest is not None else None)
     info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                        {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-    backend = torch_backend(model, tokenizer, info, kv, config, files.root)
+    backend = torch_backend(model, tokenizer, info, kv, config, files.weights[0].parent)
     if group is not None and rank == 0:
         backend.tp = Leader(group)
     return backend
 
 
 def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
-                  config: EngineConfig, root: Path | None = None) -> Backend:
+                  config: EngineConfig, weights_dir: Path | None = None) -> Backend:
     """The compact model's backend; on CUDA with compiled layers and decode graphs unless
-    `enforce_eager`, their code from the kernel cache when there is one (`kernels.cache`; `root`:
-    the model folder, which may ship one)."""
+    `enforce_eager`, their code from the kernel cache when there is one (`kernels.cache`; an
+    artifact ships one beside a rank's weights, in `weights_dir`)."""
     from lmi_runtime.backends.decode_graphs import DecodeGraphs
     from lmi_runtime.backends.torch_llama import TorchLlamaBackend
     from lmi_runtime.kernels import cache
 
     backend = TorchLlamaBackend(model, tokenizer, info, kv)
     if kv.pool.device.type == "cuda" and not config.enforce_eager:
-        kernels = cache.for_start(config.kernel_cache, root, kv.pool.device, config.recompile)
+        kernels = cache.for_start(config.kernel_cache, weights_dir, kv.pool.device, config.recompile)
         if kernels is not None:
             info.details["kernel_cache"] = "loaded" if kernels.begin() else "built"
         model.compile_layers()

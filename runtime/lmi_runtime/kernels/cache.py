@@ -12,8 +12,8 @@ folder, `TRITON_CACHE_DIR`, which `autotune(cache_results=True)` writes into). T
 Compiled code runs only on the GPU arch and with the library versions it was built for, so a
 cache built elsewhere is refused with both named; `recompile` builds it anew instead. A folder
 without `info.json` is filled at the end of the start (`lmi-serve --kernel-cache DIR`: the
-first start builds, the next ones load); an artifact can ship one beside its weights
-(`kernel_cache/`), which is only read.
+first start builds, the next ones load); an artifact can ship one beside a rank's weights
+(`rank0/kernel_cache/`, built by `lmi-compile kernel-cache` on the GPU), which is only read.
 """
 
 from __future__ import annotations
@@ -125,16 +125,16 @@ def save(folder: Path, triton_dir: Path, info: CacheInfo) -> None:
     staging.rename(folder)
 
 
-def for_start(setting: str | None, model_root: Path | None, device: torch.device,
+def for_start(setting: str | None, weights_dir: Path | None, device: torch.device,
               recompile: bool) -> KernelCache | None:
     """The cache a CUDA start with compiled layers uses: `setting` (a folder; 'none': no cache),
-    else the artifact's shipped `kernel_cache/` (read only), else none."""
+    else the one an artifact ships beside the rank's weights (read only), else none."""
     if setting == "none" or device.type != "cuda":
         return None
     running = CacheInfo.running(device)
     if setting:
         return KernelCache(Path(setting), running, recompile)
-    shipped = model_root / SHIPPED if model_root is not None else None
+    shipped = weights_dir / SHIPPED if weights_dir is not None else None
     if shipped is not None and (shipped / INFO).is_file():
         return KernelCache(shipped, running, recompile, writable=False)
     return None

@@ -1,0 +1,98 @@
+"""The compile stage's GPU half for target `torch`: build a profile's kernel cache into the artifact.
+
+It runs where the artifact will be served (the instance type's GPU: a SageMaker processing job
+on it, or any machine with that GPU): `lmi-serve`'s own start (load, compiled layers, decode
+graphs for every batch-size bucket of the profile's max batch) with an empty cache folder, which
+the start fills (`lmi_runtime.kernels.cache`). The cache goes into the profile's rank folder
+(`rank0/kernel_cache/`), so it is checksummed, verified and downloaded with that rank's files;
+the manifest records what it was built with (`toolchain`: `kernel_cache.arch`, `.torch`,
+`.triton`, `.cuda`) and is rewritten last, so an interrupted build leaves the artifact as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from lmi_runtime.artifact.folder import read_manifest, write_manifest
+from lmi_runtime.artifact.manifest import FileEntry, Manifest, Profile, rank_group
+from lmi_runtime.checksums import sha256_file
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.kernels.cache import SHIPPED, CacheInfo, read_info
+from lmi_runtime.storage.local import TMP_PREFIX
+
+Builder = Callable[[Path, Profile, Path], CacheInfo]  # (artifact, profile, empty cache folder) -> what it built
+
+
+def add_kernel_cache(root: Path, profile_name: str | None, build: Builder) -> tuple[Profile, CacheInfo, int]:
+    """Build `profile_name`'s cache (default: the artifact's only torch profile) into `root`;
+    returns the updated profile, what the cache was built for and its size in bytes."""
+    manifest = read_manifest(root)
+    profile = _torch_profile(manifest, profile_name)
+    group = rank_group(0, profile.folder)
+    staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))  # skipped by artifact scans
+    try:
+        info = build(root, profile, staging / SHIPPED)
+        if read_info(staging / SHIPPED) != info:
+            raise RuntimeError(f"the kernel cache build did not save a cache for {info.describe()}")
+        dest = root / group / SHIPPED
+        if dest.exists():
+            shutil.rmtree(dest)
+        (staging / SHIPPED).rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = sorted(p for p in dest.rglob("*") if p.is_file())
+    entries = [FileEntry(path=p.relative_to(root).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
+               for p in files]
+    prefix = f"{group}/{SHIPPED}/"
+    kept = [e for e in manifest.files.get(group, []) if not e.path.startswith(prefix)]
+    toolchain = {**profile.target.toolchain, **{f"kernel_cache.{k}": v for k, v in asdict(info).items()}}
+    updated = profile.model_copy(update={"target": profile.target.model_copy(update={"toolchain": toolchain})})
+    write_manifest(root, manifest.model_copy(update={
+        "profiles": {**manifest.profiles, profile.name: updated},
+        "files": {**manifest.files, group: kept + entries},
+    }))
+    return updated, info, sum(e.size for e in entries)
+
+
+def _torch_profile(manifest: Manifest, name: str | None) -> Profile:
+    torch_profiles = [p for p in manifest.profiles.values() if p.target.backend == "torch"]
+    if name is not None:
+        profile = manifest.only(name).profile  # an unknown name: the artifact's own message
+    elif len(torch_profiles) == 1:
+        profile = torch_profiles[0]
+    else:
+        raise ConfigError(f"this artifact holds {len(torch_profiles)} torch profiles "
+                          f"({', '.join(p.name for p in torch_profiles) or 'none'})",
+                          hint="name one with --profile" if torch_profiles else
+                          "kernel caches are for target torch; TensorRT-LLM engines and Neuron NEFFs are built "
+                          "by their own compile stage")
+    if profile.target.backend != "torch":
+        raise ConfigError(f"profile {profile.name} is for target {profile.target.backend}, not torch",
+                          hint="TensorRT-LLM engines and Neuron NEFFs are compiled by their own compile stage")
+    if profile.target.tp_degree > 1:
+        raise ConfigError(f"profile {profile.name} has tensor parallel degree {profile.target.tp_degree}: "
+                          "kernel caches are built for one rank only so far",
+                          hint="serve it without a cache (each start compiles), or build one for a TP 1 profile")
+    return profile
+
+
+def build_on_this_gpu(root: Path, profile: Profile, cache: Path) -> CacheInfo:
+    """`lmi-serve`'s start of this profile on this machine's GPU, with `cache` to fill."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("building a kernel cache needs the GPU it is for, and this machine has none",
+                          hint="run lmi-compile kernel-cache on the instance type you will serve on")
+    from lmi_runtime.backends.loader import load_backend
+    from lmi_runtime.config.engine_settings import engine_config
+    from lmi_runtime.locate import inspect_folder
+
+    config = engine_config({"kernel_cache": str(cache), "device": "cuda"}, profile=profile)
+    backend = load_backend(inspect_folder(root, profile=profile), config)
+    del backend
+    torch.cuda.empty_cache()
+    return CacheInfo.running(torch.device("cuda"))

@@ -1,0 +1,95 @@
+"""`lmi-compile kernel-cache ARTIFACT`: a torch profile's kernel cache built into the artifact,
+checksummed with its rank's files, recorded in the manifest, which is rewritten last. The build
+itself needs the GPU it is for (here a stand-in writes a cache; scripts/bench_cold_start.py
+runs the real one on a GPU); without one the command says so and changes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from lmi_compile.stages.kernel_cache import add_kernel_cache
+from lmi_runtime.artifact.folder import read_manifest, write_manifest
+from lmi_runtime.backends.loader import load_backend
+from lmi_runtime.checksums import sha256_file
+from lmi_runtime.engine.config import EngineConfig
+from lmi_runtime.errors import ConfigError
+from lmi_runtime.kernels.cache import CacheInfo, save
+from lmi_runtime.locate import inspect_folder
+from tiny_llama import save_tiny_llama, torch_artifact
+
+H100 = CacheInfo("sm_90", "2.11.0", "3.6.0", "13.0")
+
+
+@pytest.fixture
+def artifact(tmp_path, smollm2_dir):
+    return torch_artifact(save_tiny_llama(tmp_path / "dense", smollm2_dir), tmp_path / "artifact")
+
+
+def stand_in(tmp_path, info=H100):
+    """What a GPU start leaves in the empty cache folder it is given."""
+    def build(root, profile, cache):
+        compiled = tmp_path / "triton-built"
+        compiled.mkdir(exist_ok=True)
+        (compiled / "kernel.cubin").write_bytes(b"compiled for " + info.arch.encode())
+        save(cache, compiled, info)
+        return info
+    return build
+
+
+def test_the_cache_goes_into_the_rank_folder_and_the_manifest(artifact, tmp_path):
+    before = read_manifest(artifact)
+    profile, info, size = add_kernel_cache(artifact, None, stand_in(tmp_path))
+    manifest = read_manifest(artifact)
+    assert info == H100 and size > 0
+    toolchain = manifest.profiles[profile.name].target.toolchain
+    assert {k: toolchain[k] for k in toolchain if k.startswith("kernel_cache.")} == {
+        "kernel_cache.arch": "sm_90", "kernel_cache.torch": "2.11.0", "kernel_cache.triton": "3.6.0",
+        "kernel_cache.cuda": "13.0"}
+    added = {e.path: e for e in manifest.files["rank0"]} .keys() - {e.path for e in before.files["rank0"]}
+    assert added == {"rank0/kernel_cache/info.json", "rank0/kernel_cache/triton/kernel.cubin"}
+    for entry in manifest.files["rank0"]:
+        assert sha256_file(artifact / entry.path) == entry.sha256
+    assert not list(artifact.glob(".lmi-tmp-*"))
+    # a CPU start verifies the new files and serves as before (caches are for CUDA starts)
+    backend = load_backend(inspect_folder(artifact), EngineConfig(max_batch_size=2))
+    assert "kernel_cache" not in backend.info.details
+
+    add_kernel_cache(artifact, None, stand_in(tmp_path, CacheInfo("sm_86", "2.11.0", "3.6.0", "13.0")))
+    again = read_manifest(artifact)
+    paths = [e.path for e in again.files["rank0"]]
+    assert len(paths) == len(set(paths)) == len(manifest.files["rank0"])  # replaced, not added twice
+    assert again.profiles[profile.name].target.toolchain["kernel_cache.arch"] == "sm_86"
+
+
+def test_a_failed_build_leaves_the_artifact_as_it_was(artifact):
+    before = (artifact / "lmi-artifact.json").read_bytes()
+
+    def broken(root, profile, cache):
+        (cache / "triton").mkdir(parents=True)
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        add_kernel_cache(artifact, None, broken)
+    assert (artifact / "lmi-artifact.json").read_bytes() == before
+    assert not (artifact / "rank0" / "kernel_cache").exists() and not list(artifact.glob(".lmi-tmp-*"))
+
+
+def test_only_a_torch_profile_of_one_rank_takes_a_cache(artifact, tmp_path):
+    manifest = read_manifest(artifact)
+    profile = next(iter(manifest.profiles.values()))
+    for update, message in (({"backend": "trtllm"}, "not torch"), ({"tp_degree": 2}, "tensor parallel degree 2")):
+        changed = profile.model_copy(update={"target": profile.target.model_copy(update=update)})
+        write_manifest(artifact, manifest.model_copy(update={"profiles": {profile.name: changed}}))
+        with pytest.raises(ConfigError, match=message):
+            add_kernel_cache(artifact, profile.name, stand_in(tmp_path))
+
+
+def test_without_a_gpu_the_command_says_where_to_run_it(artifact, python, cli_env):
+    before = (artifact / "lmi-artifact.json").read_bytes()
+    done = subprocess.run([python, "-m", "lmi_compile", "kernel-cache", str(artifact)], env=cli_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "needs the GPU it is for" in done.stderr and "instance type you will serve on" in done.stderr
+    assert (artifact / "lmi-artifact.json").read_bytes() == before
