@@ -88,3 +88,12 @@ def test_settings_flow_from_the_environment_and_are_checked():
     assert engine_config({"recompile": True}, env={}).recompile is True
     with pytest.raises(ConfigError, match="option.recompile"):
         engine_config({}, env={"OPTION_RECOMPILE": "maybe"})
+
+
+def test_a_corrupt_inductor_file_is_refused_with_what_to_do(tmp_path, triton_dir):
+    folder = tmp_path / "cache"
+    save(folder, triton_dir, H100)
+    (folder / "inductor.bin").write_bytes(b"not a pickle of cache artifacts")
+    with pytest.raises(ArtifactError, match="inductor.bin does not load") as err:
+        KernelCache(folder, H100).begin()
+    assert "--recompile" in err.value.hint

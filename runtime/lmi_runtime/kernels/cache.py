@@ -18,6 +18,7 @@ first start builds, the next ones load); an artifact can ship one beside a rank'
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -69,6 +70,7 @@ class KernelCache:
         """Point Triton at a private cache folder (a copy of the saved one, or empty) and load
         Inductor's artifacts. True when a saved cache was loaded."""
         self._triton_dir = Path(tempfile.mkdtemp(prefix="lmi-triton-"))
+        atexit.register(shutil.rmtree, self._triton_dir, True)
         os.environ["TRITON_CACHE_DIR"] = str(self._triton_dir)
         saved = read_info(self.folder)
         if saved is not None and saved != self.running:
@@ -86,7 +88,10 @@ class KernelCache:
         if (self.folder / "triton").is_dir():
             shutil.copytree(self.folder / "triton", self._triton_dir, dirs_exist_ok=True)
         if (self.folder / "inductor.bin").is_file():
-            torch.compiler.load_cache_artifacts((self.folder / "inductor.bin").read_bytes())
+            # a corrupt file: torch logs why and returns None
+            if torch.compiler.load_cache_artifacts((self.folder / "inductor.bin").read_bytes()) is None:
+                raise ArtifactError(f"kernel cache {self.folder}: inductor.bin does not load (see the warning above)",
+                                    hint="build it again (lmi-serve --kernel-cache DIR --recompile)")
         self.loaded = True
         log.info("kernel cache loaded from %s (%s)", self.folder, saved.describe())
         return True
