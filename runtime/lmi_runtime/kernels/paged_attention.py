@@ -19,12 +19,13 @@ and the reference the kernel is tested against.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lmi_runtime.kernels import multiprocessors
 
 try:  # the CPU-only install has no triton; the CUDA path needs it
     import triton
@@ -111,16 +112,11 @@ def torch_paged_attention(
     return out.transpose(1, 2)[q_valid]  # [N, H, D] in packed order
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def num_splits(tiles: int, kv_heads: int, device: torch.device) -> int:
     """Decode at a small batch has too few (sequence, KV head) programs to keep the GPU's
     memory busy; split each sequence's context over several programs (flash-decoding) until
     there are about two programs per multiprocessor."""
-    return max(1, min(16, 2 * _multiprocessors(device) // max(1, tiles * kv_heads)))
+    return max(1, min(16, 2 * multiprocessors(device) // max(1, tiles * kv_heads)))
 
 
 def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, block_size: int,

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from lmi_runtime.kernels import multiprocessors
+
 try:  # the CPU-only install has no triton; the CUDA path needs it
     import triton
     import triton.language as tl
@@ -32,10 +34,11 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
 KIND_CODES = {"dense": 0, "int8": 1, "int4": 2, "fp8": 3}
+GROUP_SIZES = "powers of two from 32 to 512"  # what `supports_group` accepts, for messages
 
 
 def supports_group(size: int) -> bool:
-    """int4 group sizes the kernel tiles by: powers of two from 32 to 512 (a tile holds whole groups)."""
+    """int4 group sizes the kernel tiles by (GROUP_SIZES: a tile holds whole groups)."""
     return 32 <= size <= 512 and size & (size - 1) == 0
 
 
@@ -63,18 +66,13 @@ def _m_bucket(m: int) -> int:
     return 1 << max(0, (m - 1).bit_length())
 
 
-_SMS: dict[int, int] = {}
-
-
 def split_k(m: int, n: int, k: int, device: torch.device) -> int:
     """How many programs share one output tile's reduction: enough for two programs an SM
     at decode sizes (tiles counted at 32 channels), each left at least 512 of K."""
     if device.type != "cuda" or m > 16:
         return 1
-    if device.index not in _SMS:
-        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
     split, tiles = 1, triton.cdiv(n, 32)
-    while tiles * split < 2 * _SMS[device.index] and split < 8 and k // (2 * split) >= 512:
+    while tiles * split < 2 * multiprocessors(device) and split < 8 and k // (2 * split) >= 512:
         split *= 2
     return split
 
@@ -176,7 +174,7 @@ def matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor | None, zero: t
     n = q.shape[0]
     code = KIND_CODES[kind]
     if code == 2 and not supports_group(group):
-        raise ValueError(f"int4 group size {group}: the kernel takes powers of two from 32 to 512")
+        raise ValueError(f"int4 group size {group}: the kernel takes {GROUP_SIZES}")
     group = group if code == 2 else 0
     split = split or split_k(m, n, k, x.device)
     if split == 1:

@@ -6,7 +6,7 @@ exact by construction, needs no 16-bit copy of the model, and takes a fraction o
 The int32 packing is undone with compressed-tensors' own `unpack_from_int32`.
 
 Supported (one scheme per config group, matched to layers by `targets`):
-- int4 by groups (powers of two from 32: the kernel's tile is one group), symmetric or asymmetric, weight-only, `pack-quantized`
+- int4 by groups (sizes the kernel tiles by: `quant_matmul.GROUP_SIZES`), symmetric or asymmetric, weight-only, `pack-quantized`
   (AWQ, GPTQ; GPTQ act-order only when its `g_idx` is the identity order);
 - int8 per channel, symmetric, weight-only (`pack-quantized`, `int-quantized`, `naive-quantized`)
   or with dynamic per-token int8 activations (SmoothQuant W8A8);
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lmi_runtime.kernels.quant_matmul import supports_group
+from lmi_runtime.kernels.quant_matmul import GROUP_SIZES, supports_group
 from lmi_runtime.quant.packed import PackedWeight, dequantize, pack_int4
 
 # A quantized layer's tensors besides its bias: anything else (static input scales, global
@@ -94,7 +94,7 @@ def scheme_of(group: dict, default_format: str | None) -> Scheme:
     if (wtype, bits, strategy) == ("int", 4, "group") and act == "none" and fmt == "pack-quantized":
         size = w.get("group_size") or 0
         if not supports_group(size):
-            raise Unsupported(f"int4 group size {size} (the kernel takes powers of two from 32)")
+            raise Unsupported(f"int4 group size {size} (the kernel takes {GROUP_SIZES})")
         return Scheme("int4", size, act, fmt, bool(sym))
     if (wtype, bits, strategy) == ("int", 8, "channel") and sym and act in ("none", "int8") and fmt in INT_FORMATS:
         return Scheme("int8", 0, act, fmt, True)
