@@ -19,7 +19,7 @@ from typing import Callable
 
 from lmi_runtime.artifact.folder import read_manifest, write_manifest
 from lmi_runtime.artifact.manifest import FileEntry, Manifest, Profile, rank_group
-from lmi_runtime.checksums import sha256_file
+from lmi_runtime.checksums import hash_files
 from lmi_runtime.errors import ConfigError
 from lmi_runtime.kernels.cache import SHIPPED, CacheInfo, read_info
 from lmi_runtime.storage.local import TMP_PREFIX
@@ -44,9 +44,9 @@ def add_kernel_cache(root: Path, profile_name: str | None, build: Builder) -> tu
         (staging / SHIPPED).rename(dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    files = sorted(p for p in dest.rglob("*") if p.is_file())
-    entries = [FileEntry(path=p.relative_to(root).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
-               for p in files]
+    digests = hash_files(sorted(p for p in dest.rglob("*") if p.is_file()), "hashing kernel cache")
+    entries = [FileEntry(path=p.relative_to(root).as_posix(), size=p.stat().st_size, sha256=digest)
+               for p, digest in digests.items()]
     prefix = f"{group}/{SHIPPED}/"
     kept = [e for e in manifest.files.get(group, []) if not e.path.startswith(prefix)]
     toolchain = {**profile.target.toolchain, **{f"kernel_cache.{k}": v for k, v in asdict(info).items()}}
