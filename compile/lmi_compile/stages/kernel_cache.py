@@ -24,6 +24,7 @@ from lmi_runtime.errors import ConfigError
 from lmi_runtime.kernels.cache import SHIPPED, CacheInfo, read_info
 from lmi_runtime.storage.local import TMP_PREFIX
 
+VENDOR_BUILDS = "TensorRT-LLM engines and Neuron NEFFs are compiled by their own target's compile stage"
 Builder = Callable[[Path, Profile, Path], CacheInfo]  # (artifact, profile, empty cache folder) -> what it built
 
 
@@ -68,11 +69,10 @@ def _torch_profile(manifest: Manifest, name: str | None) -> Profile:
         raise ConfigError(f"this artifact holds {len(torch_profiles)} torch profiles "
                           f"({', '.join(p.name for p in torch_profiles) or 'none'})",
                           hint="name one with --profile" if torch_profiles else
-                          "kernel caches are for target torch; TensorRT-LLM engines and Neuron NEFFs are built "
-                          "by their own compile stage")
+                          f"kernel caches are for target torch; {VENDOR_BUILDS}")
     if profile.target.backend != "torch":
         raise ConfigError(f"profile {profile.name} is for target {profile.target.backend}, not torch",
-                          hint="TensorRT-LLM engines and Neuron NEFFs are compiled by their own compile stage")
+                          hint=VENDOR_BUILDS)
     if profile.target.tp_degree > 1:
         raise ConfigError(f"profile {profile.name} has tensor parallel degree {profile.target.tp_degree}: "
                           "kernel caches are built for one rank only so far",
