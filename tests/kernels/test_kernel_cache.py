@@ -97,3 +97,19 @@ def test_a_corrupt_inductor_file_is_refused_with_what_to_do(tmp_path, triton_dir
     with pytest.raises(ArtifactError, match="inductor.bin does not load") as err:
         KernelCache(folder, H100).begin()
     assert "--recompile" in err.value.hint
+
+
+def test_a_folder_of_other_files_or_a_file_is_refused_before_anything_compiles(tmp_path, triton_dir):
+    data = tmp_path / "models"
+    data.mkdir()
+    (data / "weights.safetensors").write_bytes(b"precious")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("precious")
+    for path in (data, a_file):
+        with pytest.raises(ArtifactError, match="not a kernel cache and not empty") as err:
+            KernelCache(path, H100).begin()
+        assert "new or empty folder" in err.value.hint
+    assert (data / "weights.safetensors").read_bytes() == b"precious" and a_file.read_text() == "precious"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert KernelCache(empty, H100).begin() is False  # an empty folder is filled

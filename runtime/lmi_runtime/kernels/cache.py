@@ -33,6 +33,7 @@ from lmi_runtime.errors import ArtifactError
 
 log = logging.getLogger("lmi_runtime.kernel_cache")
 INFO = "info.json"
+PARTS = {INFO, "inductor.bin", "triton"}  # what a cache folder holds
 SHIPPED = "kernel_cache"  # an artifact's cache, beside its weights
 
 
@@ -69,6 +70,7 @@ class KernelCache:
     def begin(self) -> bool:
         """Point Triton at a private cache folder (a copy of the saved one, or empty) and load
         Inductor's artifacts. True when a saved cache was loaded."""
+        self._check_replaceable()
         self._triton_dir = Path(tempfile.mkdtemp(prefix="lmi-triton-"))
         atexit.register(shutil.rmtree, self._triton_dir, True)
         os.environ["TRITON_CACHE_DIR"] = str(self._triton_dir)
@@ -95,6 +97,17 @@ class KernelCache:
         self.loaded = True
         log.info("kernel cache loaded from %s (%s)", self.folder, saved.describe())
         return True
+
+    def _check_replaceable(self) -> None:
+        """The folder is (re)written at the end of a start that does not load it: refuse, before
+        anything compiles, a path that is a file or a folder of other files, which saving would
+        destroy (a cache's own parts, even without info.json, may be replaced)."""
+        if not self.writable or not self.folder.exists():
+            return
+        if not self.folder.is_dir() or any(entry.name not in PARTS for entry in self.folder.iterdir()):
+            raise ArtifactError(f"--kernel-cache {self.folder} is not a kernel cache and not empty; saving one there "
+                                "would replace what it holds",
+                                hint="give a new or empty folder (or an existing kernel cache)")
 
     def finish(self) -> None:
         """Save what this start compiled, when the folder held no usable cache."""
