@@ -86,38 +86,40 @@ def _hf_model(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_co
         return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
 
 
-def _checkpoint(files: ModelFiles, hf_config: dict) -> Checkpoint | None:
-    """Quantized weights as packed layers: pre-packed by the compile stage, or converted from
-    compressed-tensors now; None for a dense checkpoint or a scheme the packed layers do not
-    cover (logged: transformers then dequantizes it)."""
+def _checkpoint(files: ModelFiles, hf_config: dict, device: torch.device) -> Checkpoint | None:
+    """Quantized weights as packed layers on `device`: pre-packed by the compile stage, or
+    converted from compressed-tensors now; None for a dense checkpoint or a scheme the packed
+    layers do not cover (logged: transformers then dequantizes it)."""
     if prepacked.layout_of(files.weights) is not None:
-        return prepacked.load(files.weights)
+        return prepacked.load(files.weights, str(device))
     if not _is_compressed(hf_config):
         return None
     try:
-        return compressed.read(files.weights, hf_config["quantization_config"])
+        return compressed.read(files.weights, hf_config["quantization_config"], device)
     except compressed.Unsupported as err:
         log.info("quantized weights served dequantized (dense, through transformers): %s", err)
         return None
 
 
-def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict,
+def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_config: dict, device: torch.device,
              packed_wanted: bool) -> tuple[dict, Checkpoint | None]:
-    """The dense tensors, and the checkpoint whose layers stay packed (None: all dense)."""
+    """The dense tensors, and the checkpoint whose layers stay packed (None: all dense), read
+    from the memory-mapped files straight onto `device`: no CPU copy of the whole model, and
+    the projections are fused where they will run (`scripts/bench_load.py` measures it)."""
     if hf_config.get("quantization_config") and not _is_compressed(hf_config):
         method = hf_config["quantization_config"].get("quant_method")
         raise ModelFolderError(
             f"quantization method '{method}' is not supported by the torch backend",
             hint="quantize to compressed-tensors with lmi-compile, or use --backend transformers",
         )
-    checkpoint = _checkpoint(files, hf_config)
+    checkpoint = _checkpoint(files, hf_config, device)
     if checkpoint is not None:
         return (checkpoint.dense, checkpoint) if packed_wanted else (checkpoint.dense_state(dtype), None)
     if _is_compressed(hf_config):
         return _hf_model(files, config, dtype, hf_config).state_dict(), None
     state: dict = {}
     for path in files.weights:
-        state.update(load_file(str(path)))
+        state.update(load_file(str(path), device=str(device)))
     return state, None
 
 
@@ -139,8 +141,11 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
             f"the checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[:3]}",
             hint="check that the weights match config.json",
         )
-    weights = {k: state[k].to(dtype) for k in wanted}
+    # taken out of `state`, so that fusing frees each layer's parts as it goes (peak: the
+    # model plus one layer's fused projections, not two models)
+    weights = {k: state.pop(k).to(dtype) for k in wanted}
     model.load_state_dict(weights, strict=False, assign=True)
+    weights.clear()
     model.tie_weights()
     model.use_packed(packed)  # QuantLinear buffers: moved with the model below
     model.prepare(max_len, device, dtype)
@@ -200,7 +205,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
         device, args = group.device, shard_args(args, group.world)
         details["tensor_parallel_degree"] = str(group.world)
     packed_wanted = _packed_wanted(config, device)
-    state, checkpoint = _weights(files, config, dtype, hf_config, packed_wanted)
+    state, checkpoint = _weights(files, config, dtype, hf_config, device, packed_wanted)
     if checkpoint is not None:
         details["quantized_layers"] = checkpoint.summary()
         log.info("quantized layers kept packed: %s", details["quantized_layers"])

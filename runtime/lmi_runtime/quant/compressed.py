@@ -127,14 +127,15 @@ def _layer_schemes(quant_config: dict, layers: Iterable[str]) -> dict[str, Schem
 
 
 class Tensors:
-    """Lazy access to the tensors of several safetensors files by name."""
+    """Lazy access to the tensors of several safetensors files by name, each read straight
+    onto `device` (no intermediate CPU copy of the whole file)."""
 
-    def __init__(self, stack: ExitStack, paths: Iterable[Path]):
+    def __init__(self, stack: ExitStack, paths: Iterable[Path], device: torch.device | str = "cpu"):
         from safetensors import safe_open
 
         self.where = {}
         for path in paths:
-            handle = stack.enter_context(safe_open(str(path), framework="pt"))
+            handle = stack.enter_context(safe_open(str(path), framework="pt", device=str(device)))
             self.where.update(dict.fromkeys(handle.keys(), handle))
 
     def __contains__(self, name: str) -> bool:
@@ -147,11 +148,11 @@ class Tensors:
         return iter(self.where)
 
 
-def read(paths: Iterable[Path], quant_config: dict) -> Checkpoint:
-    """Every quantized layer of the checkpoint in `paths` packed; raise `Unsupported` when any
-    layer's scheme is not covered (a whole-model fallback: never a partly-dense model)."""
+def read(paths: Iterable[Path], quant_config: dict, device: torch.device | str = "cpu") -> Checkpoint:
+    """Every quantized layer of the checkpoint in `paths` packed, on `device`; raise `Unsupported`
+    when any layer's scheme is not covered (a whole-model fallback: never a partly-dense model)."""
     with ExitStack() as stack:
-        tensors = Tensors(stack, paths)
+        tensors = Tensors(stack, paths, device)
         layers = sorted(n.removesuffix(".weight_scale") for n in tensors.names() if n.endswith(".weight_scale"))
         schemes = _layer_schemes(quant_config, layers)
         owned = {f"{layer}.{suffix}" for layer in layers for suffix in QUANT_SUFFIXES}

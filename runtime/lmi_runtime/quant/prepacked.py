@@ -57,9 +57,9 @@ def save(checkpoint: "Checkpoint", path: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt", LAYOUT_KEY: LAYOUT, LAYERS_KEY: json.dumps(layers)})
 
 
-def load(paths: list[Path]) -> "Checkpoint":
-    """The packed layers and dense tensors of pre-packed files; a layout of another version or
-    a damaged description is refused with what to do."""
+def load(paths: list[Path], device: str = "cpu") -> "Checkpoint":
+    """The packed layers and dense tensors of pre-packed files, read onto `device`; a layout of
+    another version or a damaged description is refused with what to do."""
     from safetensors import safe_open
 
     from lmi_runtime.quant.compressed import Checkpoint, Tensors
@@ -74,7 +74,7 @@ def load(paths: list[Path]) -> "Checkpoint":
     try:
         layers = json.loads(metadata[LAYERS_KEY])
         with ExitStack() as stack:
-            tensors = Tensors(stack, paths)
+            tensors = Tensors(stack, paths, device)
             packed = {name: PackedWeight(d["kind"], tensors[f"{name}.q"], tensors[f"{name}.scale"],
                                          tensors[f"{name}.zero"] if f"{name}.zero" in tensors else None,
                                          int(d["group_size"]), d["act"])
