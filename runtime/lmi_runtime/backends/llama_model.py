@@ -121,21 +121,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1)
 
 
-def attention_inputs(x, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: int, num_kv_heads: int):
-    """Pre-attention half of a layer: norm, fused q/k/v projection, rotary. Pure (no cache)."""
+def attention_inputs(x, delta, norm_w, eps: float, qkv_w, qkv_b, cos, sin, num_heads: int, num_kv_heads: int):
+    """Pre-attention half of a layer: the previous layer's output `delta` joins the residual
+    stream here, where the norm reads it (one kernel for both), then norm, fused q/k/v
+    projection and rotary. Pure (no cache); returns the residual stream and q, k, v."""
     dim = cos.shape[-1]
+    x = x + delta
     qkv = linear(rms_norm(x, norm_w, eps), qkv_w, qkv_b)
     q, k, v = qkv.split([num_heads * dim, num_kv_heads * dim, num_kv_heads * dim], dim=-1)
     q = apply_rope(q.view(-1, num_heads, dim), cos, sin)
     k = apply_rope(k.view(-1, num_kv_heads, dim), cos, sin)
-    return q, k, v.view(-1, num_kv_heads, dim)
+    return x, q, k, v.view(-1, num_kv_heads, dim)
 
 
 def attention_output_and_mlp(x, attn, o_w, o_b, norm_w, eps: float, gate_up_w, gate_up_b, down_w, down_b):
-    """Post-attention half of a layer: output projection, residual, norm, SwiGLU MLP, residual."""
-    x, mlp = residual_and_mlp(x, attention_projection(attn, o_w, o_b), norm_w, eps, gate_up_w, gate_up_b,
-                              down_w, down_b)
-    return x + mlp
+    """Post-attention half of a layer: output projection, residual, norm, SwiGLU MLP. Returns
+    the residual stream and the MLP's output, which the next layer adds (`attention_inputs`)."""
+    return residual_and_mlp(x, attention_projection(attn, o_w, o_b), norm_w, eps, gate_up_w, gate_up_b,
+                            down_w, down_b)
 
 
 def attention_projection(attn, o_w, o_b):
@@ -286,18 +289,20 @@ class LlamaForCausalLM(nn.Module):
         a = self.args
         cos, sin = self.rope_cos[step.positions], self.rope_sin[step.positions]
         x = self.model.embed_tokens(step.input_ids)
+        delta = torch.zeros_like(x)  # what the previous layer adds to the residual stream
         for i, layer in enumerate(self.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = self.pre(x, layer.input_layernorm.weight, a.rms_norm_eps, weight_of(attn.qkv_proj),
-                               attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
+            x, q, k, v = self.pre(x, delta, layer.input_layernorm.weight, a.rms_norm_eps, weight_of(attn.qkv_proj),
+                                  attn.qkv_proj.bias, cos, sin, a.num_heads, a.num_kv_heads)
             new = NewKV(k, v, step.write_slots)
             out = paged_attention(q, kv_cache[i, 0], kv_cache[i, 1], new, step.attn, block_size)
             mlp_args = (layer.post_attention_layernorm.weight, a.rms_norm_eps, weight_of(mlp.gate_up_proj),
                         mlp.gate_up_proj.bias, weight_of(mlp.down_proj), mlp.down_proj.bias)
             if self.all_reduce is None:
-                x = self.post(x, out, weight_of(attn.o_proj), attn.o_proj.bias, *mlp_args)
+                x, delta = self.post(x, out, weight_of(attn.o_proj), attn.o_proj.bias, *mlp_args)
             else:
                 o = self.all_reduce(self.projection(out, weight_of(attn.o_proj), attn.o_proj.bias))
                 x, partial = self.mlp_partial(x, o, *mlp_args)
-                x = x + self.all_reduce(partial)
-        return self.lm_head(self.model.norm(x[step.logits_rows]))
+                delta = self.all_reduce(partial)
+        rows = step.logits_rows
+        return self.lm_head(self.model.norm(x[rows] + delta[rows]))
