@@ -5,7 +5,7 @@ against cuBLAS and the field's quantized kernels, same run, same shapes.
 
 For each Llama-2-7B projection (q/k/v fused, o, gate/up fused, down, lm_head) and token count:
 cuBLAS fp16 (`F.linear`), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
-has them: tinygemm int4 (`aten._weight_int4pack_mm`, gpt-fast's and torchao's int4 path),
+has them: gemlite's fp16 / int8 / int4 kernels, tinygemm int4 (`aten._weight_int4pack_mm`, gpt-fast's and torchao's int4 path),
 `torch.compile` of dequantize + linear (gpt-fast's int8 path) and `torch._scaled_mm` fp8 with
 per-row scales. Each call is timed inside a CUDA graph of 20 calls cycling over enough weight
 copies to defeat the L2 cache; a figure is µs per call and the weight bytes it read per
@@ -92,7 +92,31 @@ def variants(w16: torch.Tensor) -> dict:
         return torch._scaled_mm(xq, q.t(), scale_a=sa, scale_b=scale_b, out_dtype=torch.bfloat16)
 
     out["scaled_mm fp8 (W8A8)"] = (scaled_mm, pf.nbytes(), dequantize(pf, torch.float32))
+    out |= gemlite_variants(w16)
     return out
+
+
+def gemlite_variants(w16: torch.Tensor) -> dict:
+    """gemlite's Triton kernels (fp16, int8 per channel, int4 groups of 128) on the same weights;
+    empty where gemlite is not installed."""
+    try:
+        from gemlite import DType, GemLiteLinear
+        from gemlite.helper import A16W8_INT8, A16Wn
+    except ImportError as err:
+        print(f"gemlite unavailable: {err}")
+        return {}
+    n, k = w16.shape
+    dense = GemLiteLinear(16, group_size=None, in_features=k, out_features=n, input_dtype=DType.FP16,
+                          output_dtype=DType.FP16).pack(w16, None, None)
+    p8 = quantize_rtn(w16, "int8")
+    int8 = A16W8_INT8(device="cuda").from_weights(p8.q, scales=p8.scale.view(-1, 1).half())
+    p4 = quantize_rtn(w16, "int4", 128)
+    from lmi_runtime.quant.packed import unpack_int4
+
+    int4 = A16Wn(device="cuda").from_weights(unpack_int4(p4.q, 128), p4.scale.half(), p4.zero.half(), 4, 128)
+    return {"gemlite fp16": (dense, w16.numel() * 2, w16.float()),
+            "gemlite int8": (int8, p8.nbytes(), dequantize(p8, torch.float32)),
+            "gemlite int4": (int4, p4.nbytes(), dequantize(p4, torch.float32))}
 
 
 def main() -> None:
