@@ -9,7 +9,7 @@ way it loaded them before (same run, same files, page cache warm for both).
   there, each layer's parts freed as it goes (`backends.loader`).
 
 Each variant runs in its own process (nothing cached on the GPU between them) and reports
-seconds, GB/s of weight files and the GPU memory peak; best of `--rounds`. Writes bench_load.json.
+seconds, GB/s of weight files and the GPU and host memory peaks; best of `--rounds`. Writes bench_load.json.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -52,8 +53,9 @@ def child(folder: Path, variant: str) -> dict:
     seconds = time.perf_counter() - start
     assert next(model.parameters()).is_cuda
     size = sum(p.stat().st_size for p in files.weights)
+    host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {"s": seconds, "gb_s": size / seconds / 1e9, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "bytes": size}
+            "host_peak_gib": host_peak / 2**30, "bytes": size}
 
 
 def main() -> None:
@@ -80,7 +82,7 @@ def main() -> None:
     print(f"\nloading {args.model.name} ({gib:.1f} GiB of safetensors) onto the GPU, best of {args.rounds}")
     for variant, row in results.items():
         print(f"  {variant:<7} {row['s']:6.2f} s  {row['gb_s']:5.1f} GB/s  GPU peak {row['peak_gib']:5.1f} GiB"
-              f"  {results['before']['s'] / row['s']:.2f}x")
+              f"  host peak {row['host_peak_gib']:5.1f} GiB  {results['before']['s'] / row['s']:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_load.json").write_text(json.dumps(results, indent=2))
 
