@@ -33,7 +33,7 @@ from lmi_compile.stages.publish import ArtifactRef, publish
 from lmi_compile.summary import RunSummary, StagePreview, StageTime
 from lmi_compile.targets import vendor_stage
 from lmi_compile.workdir import new_work_folder
-from lmi_runtime.artifact.folder import file_entries, group_of, parse_manifest, write_manifest
+from lmi_runtime.artifact.folder import file_entries, group_of, parse_manifest, read_manifest, write_manifest
 from lmi_runtime.artifact.limits import properties_text
 from lmi_runtime.artifact.manifest import (
     MANIFEST_NAME,
@@ -180,6 +180,8 @@ def run_recipe(
         (artifact / folder / "serving.properties").write_text(properties_text(profile))
         manifest = _merged(artifact, model_info, profile, existing)
         write_manifest(artifact, manifest)
+        if recipe.target.kernel_cache:
+            manifest = stages.timed("kernel_cache", lambda: _kernel_cache(artifact, name, log))
         log(f"publish: {uri} (profile {name}" + (f", added to the {len(existing.profiles)} there)" if existing else ")"))
         ref = stages.timed("publish", lambda: publish(artifact, uri, s3_options=s3_options, local_only=existing is not None,
                                                       based_on=version))
@@ -187,6 +189,17 @@ def run_recipe(
         shutil.rmtree(work, ignore_errors=True)
     return RunResult(plan=plan, artifact=ref, manifest=manifest, profile=name, stages=stages.times, quality=report,
                      seconds=time.monotonic() - started)
+
+
+def _kernel_cache(artifact: Path, profile: str, log: Log) -> Manifest:
+    """The compile stage's GPU half (`stages.kernel_cache`): the profile's kernel cache, built
+    on this machine's GPU into the artifact before it is published; returns the new manifest."""
+    from lmi_compile.stages.kernel_cache import add_kernel_cache, build_on_this_gpu
+
+    log(f"kernel_cache: building profile {profile}'s on this GPU (lmi-serve's start, every batch bucket)")
+    _, info, size = add_kernel_cache(artifact, profile, build_on_this_gpu)
+    log(f"kernel_cache: built for {info.describe()} ({size / 2**20:.1f} MiB)")
+    return read_manifest(artifact)
 
 
 def _fetch(recipe: Recipe, stages: _Stages, s3_options: S3Options | None, token: str | None) -> ModelDir:

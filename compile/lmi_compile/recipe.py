@@ -87,6 +87,8 @@ class TargetSpec(Section):
     pp_degree: int = Field(1, ge=1)
     instance_type: str | None = None  # plan for this SageMaker instance instead of this machine
     mode: Literal["checkpoint", "engine"] = "checkpoint"  # trtllm only: HF/ModelOpt checkpoint or 1.2 engines
+    # torch only: build the kernel cache on this machine's GPU (the one served on) before publishing
+    kernel_cache: bool = False
 
 
 class LimitsSpec(Section):

@@ -9,12 +9,16 @@ import subprocess
 
 import pytest
 
+from lmi_compile.pipeline import run_recipe
+from lmi_compile.recipe import Recipe
+from lmi_compile.stages import kernel_cache
 from lmi_compile.stages.kernel_cache import add_kernel_cache
 from lmi_runtime.artifact.folder import read_manifest, write_manifest
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.checksums import sha256_file
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ConfigError
+from lmi_runtime.hardware.model import Hardware
 from lmi_runtime.kernels.cache import CacheInfo, save
 from lmi_runtime.locate import inspect_folder
 from tiny_llama import save_tiny_llama, torch_artifact
@@ -95,3 +99,46 @@ def test_without_a_gpu_the_command_says_where_to_run_it(artifact, python, cli_en
     assert done.returncode != 0
     assert "needs the GPU it is for" in done.stderr and "instance type you will serve on" in done.stderr
     assert (artifact / "lmi-artifact.json").read_bytes() == before
+
+
+def recipe_asking_for_the_cache(tmp_path, smollm2_dir, **target) -> Recipe:
+    source = save_tiny_llama(tmp_path / "source", smollm2_dir)
+    return Recipe(name="tiny", source={"uri": str(source)}, target={"backend": "torch", "kernel_cache": True, **target},
+                  limits={"max_batch_size": 4, "max_concurrent_requests": 8},
+                  output={"uri": str(tmp_path / "out"), "cache_dir": str(tmp_path / "stage-cache")})
+
+
+def test_a_recipe_asking_for_the_cache_on_a_machine_without_a_gpu_is_refused_before_any_work(tmp_path, smollm2_dir):
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="builds the cache on this machine's GPU, and it has none"):
+        run_recipe(recipe_asking_for_the_cache(tmp_path, smollm2_dir), log=lines.append)
+    assert lines == [] and not (tmp_path / "out").exists()
+
+
+def test_a_recipe_builds_the_cache_into_the_artifact_before_publishing(tmp_path, smollm2_dir, monkeypatch):
+    monkeypatch.setattr(kernel_cache, "_this_gpu", lambda: "9.0")
+    monkeypatch.setattr(kernel_cache, "build_on_this_gpu", stand_in(tmp_path))
+    lines: list[str] = []
+    result = run_recipe(recipe_asking_for_the_cache(tmp_path, smollm2_dir), log=lines.append)
+    published = read_manifest(tmp_path / "out")
+    assert published == result.manifest
+    assert published.profiles[result.profile].target.toolchain["kernel_cache.arch"] == "sm_90"
+    assert "rank0/kernel_cache/info.json" in {e.path for e in published.files["rank0"]}
+    for entry in published.files["rank0"]:
+        assert sha256_file(tmp_path / "out" / entry.path) == entry.sha256
+    assert any(line.startswith("kernel_cache: built for sm_90") for line in lines)
+    assert [t.stage for t in result.stages].index("kernel_cache") < [t.stage for t in result.stages].index("publish")
+
+
+@pytest.mark.parametrize("backend, tp, planned, message", [
+    ("neuron", 1, None, "for target torch, and this plan's target is neuron"),
+    ("torch", 2, None, "tensor parallel degree 2"),
+    ("torch", 1, "8.6", r"this machine's GPU \(sm_90\), and the plan is for .*A10G.* \(sm_86\)"),
+])
+def test_what_this_machine_cannot_build_is_named(monkeypatch, backend, tp, planned, message):
+    monkeypatch.setattr(kernel_cache, "_this_gpu", lambda: "9.0")
+    hardware = Hardware(kind="cuda", count=1, name="NVIDIA A10G", memory_bytes=24 * 2**30, compute_capability=planned,
+                        cores=8, instance_type="ml.g5.2xlarge", source="instance table")
+    with pytest.raises(ConfigError, match=message):
+        kernel_cache.refuse_unbuildable_here(backend, tp, hardware)
+    kernel_cache.refuse_unbuildable_here("torch", 1, hardware.model_copy(update={"compute_capability": "9.0"}))

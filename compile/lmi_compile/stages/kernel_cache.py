@@ -21,6 +21,7 @@ from lmi_runtime.artifact.folder import read_manifest, write_manifest
 from lmi_runtime.artifact.manifest import FileEntry, Manifest, Profile, rank_group
 from lmi_runtime.checksums import hash_files
 from lmi_runtime.errors import ConfigError
+from lmi_runtime.hardware.model import Hardware
 from lmi_runtime.kernels.cache import SHIPPED, CacheInfo, read_info
 from lmi_runtime.storage.local import TMP_PREFIX
 
@@ -80,11 +81,44 @@ def _torch_profile(manifest: Manifest, name: str | None) -> Profile:
     return profile
 
 
+def refuse_unbuildable_here(backend: str, tp_degree: int, hardware: Hardware) -> None:
+    """`target.kernel_cache` in a recipe: refused before anything is fetched when this machine
+    cannot build the cache the plan's hardware will load."""
+    if backend != "torch":
+        raise ConfigError(f"target.kernel_cache is for target torch, and this plan's target is {backend}",
+                          hint=VENDOR_BUILDS)
+    if tp_degree > 1:
+        raise ConfigError(f"target.kernel_cache: the plan has tensor parallel degree {tp_degree}, and kernel "
+                          "caches are built for one rank only so far", hint="set target.tp_degree: 1, or leave "
+                          "target.kernel_cache off (each start then compiles)")
+    here = _this_gpu()
+    if here is None:
+        raise ConfigError("target.kernel_cache builds the cache on this machine's GPU, and it has none",
+                          hint="run the recipe on the instance type you will serve on, or leave "
+                               "target.kernel_cache off and run lmi-compile kernel-cache there later")
+    planned = hardware.compute_capability
+    if hardware.kind == "cuda" and planned and planned != here:
+        raise ConfigError(f"target.kernel_cache would build for this machine's GPU (sm_{here.replace('.', '')}), "
+                          f"and the plan is for {hardware.describe()} ({hardware.arch}): lmi-serve would refuse it "
+                          "there",
+                          hint="run the recipe on that instance type, or leave target.kernel_cache off")
+
+
+def _this_gpu() -> str | None:
+    """This machine's CUDA compute capability ("9.0"), None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}"
+
+
 def build_on_this_gpu(root: Path, profile: Profile, cache: Path) -> CacheInfo:
     """`lmi-serve`'s start of this profile on this machine's GPU, with `cache` to fill."""
     import torch
 
-    if not torch.cuda.is_available():
+    if _this_gpu() is None:
         raise ConfigError("building a kernel cache needs the GPU it is for, and this machine has none",
                           hint="run lmi-compile kernel-cache on the instance type you will serve on")
     from lmi_runtime.backends.loader import load_backend

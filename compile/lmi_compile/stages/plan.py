@@ -22,3 +22,7 @@ def refuse_unbuildable(recipe: Recipe, plan: Plan) -> None:
         vendor_stage.check(recipe, plan)
     elif plan.quantization == "fp8":  # the torch target: llm-compressor's fp8, served on FP8 tensor cores
         refuse_fp8_without_fp8_cores(plan.hardware)
+    if recipe.target.kernel_cache:
+        from lmi_compile.stages.kernel_cache import refuse_unbuildable_here
+
+        refuse_unbuildable_here(plan.backend, plan.tp_degree, plan.hardware)
