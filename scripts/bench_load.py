@@ -60,12 +60,6 @@ def child(folder: Path, variant: str) -> dict:
             "host_peak_gib": host_peak / 2**30, "bytes": size}
 
 
-def _ours(paths: list[Path], device) -> dict:
-    from lmi_runtime.backends import loader
-
-    return {k: v for path in paths for k, v in loader.load_file(str(path), device=str(device)).items()}
-
-
 def _runai(paths: list[Path], device) -> dict:
     """Run:ai's model streamer: many threads read the files into CPU buffers it reuses; each
     tensor is copied to the GPU before the next is read."""
@@ -83,6 +77,12 @@ def _fastsafetensors(paths: list[Path], device) -> dict:
 
     with fastsafe_open([str(p) for p in paths], nogds=True, device=str(device)) as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+def _ours(paths: list[Path], device) -> dict:
+    from lmi_runtime.backends.loader import read_weights
+
+    return read_weights(paths, device)
 
 
 READERS = {"now": _ours, "runai streamer": _runai, "fastsafetensors": _fastsafetensors}

@@ -117,10 +117,12 @@ def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_con
         return (checkpoint.dense, checkpoint) if packed_wanted else (checkpoint.dense_state(dtype), None)
     if _is_compressed(hf_config):
         return _hf_model(files, config, dtype, hf_config).state_dict(), None
-    state: dict = {}
-    for path in files.weights:
-        state.update(load_file(str(path), device=str(device)))
-    return state, None
+    return read_weights(files.weights, device), None
+
+
+def read_weights(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors files, read from their memory maps straight onto `device`."""
+    return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
 
 
 def _packed_wanted(config: EngineConfig, device: torch.device) -> bool:
