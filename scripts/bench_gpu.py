@@ -38,6 +38,8 @@ SHAPES = {
                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096),
     "tiny": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8,
                  num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=4096),
+    "llama2-70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=4096),
 }
 PROMPT, NEW, CONCURRENT = 128, 128, 64
 
@@ -67,11 +69,15 @@ def random_folder(shape: str, tokenizer_dir: Path, out: Path, dtype: torch.dtype
     with torch.device("cuda"):
         model = LlamaForCausalLM(LlamaConfig(**SHAPES[shape], torch_dtype=dtype)).to(dtype)
     model.save_pretrained(out, safe_serialization=True)
+    copy_tokenizer(tokenizer_dir, out)
+    del model
+    return out
+
+
+def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
     for file in tokenizer_dir.iterdir():
         if file.name.startswith(("tokenizer", "special_tokens")):
             (out / file.name).write_bytes(file.read_bytes())
-    del model
-    return out
 
 
 def prompts(count: int, vocab: int) -> list[list[int]]:
@@ -268,7 +274,7 @@ def report(name: str, figures: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", help="llama2-7b, tiny or a model folder (repeatable)")
+    parser.add_argument("--model", action="append", help="llama2-7b, tiny, llama2-70b (about 130 GiB of weights) or a model folder (repeatable)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with tokenizer files")
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
     parser.add_argument("--out", type=Path, default=Path("."))

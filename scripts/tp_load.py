@@ -28,8 +28,8 @@ sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
 
 import torch  # noqa: E402
 
-SHAPES = {"llama2-70b": dict(vocab_size=32000, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                             num_attention_heads=64, num_key_value_heads=8, max_position_embeddings=4096)}
+from bench_gpu import SHAPES, copy_tokenizer  # noqa: E402
+
 READ = re.compile(r"rank (\d+) read (\d+) bytes of weights from (.*)")
 
 
@@ -60,9 +60,7 @@ def random_folder(shape: dict, tokenizer_dir: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(out)
-    for file in tokenizer_dir.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens")):
-            (out / file.name).write_bytes(file.read_bytes())
+    copy_tokenizer(tokenizer_dir, out)
     return out
 
 
@@ -108,7 +106,7 @@ def serve(folder: Path, device: str, prompts: list[list[int]], new: int, log_fil
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with tokenizer files")
-    parser.add_argument("--shape", default="llama2-70b", choices=sorted(SHAPES))
+    parser.add_argument("--shape", default="llama2-70b", choices=sorted(SHAPES))  # bench_gpu's shapes
     parser.add_argument("--layers", type=int, default=1, help="decoder layers kept (the shape's own count: all)")
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
