@@ -5,8 +5,10 @@ way it loaded them before (same run, same files, page cache warm for both).
 
 - before: `safetensors.load_file` into CPU memory, q/k/v and gate/up fused on the CPU, then
   the whole model moved with `.to("cuda")`;
-- now: the memory-mapped files read straight onto the GPU (`load_file(device=...)`) and fused
-  there, each layer's parts freed as it goes (`backends.loader`);
+- mmap: the memory-mapped files read straight onto the GPU (`load_file(device=...)`) and fused
+  there, each layer's parts freed as it goes;
+- now: the same, but read by several threads through pinned staging buffers
+  (`backends.staged_read`, what `backends.loader` uses on a GPU);
 - the field's loaders, where installed, in place of `load_file` (then fused on the GPU the same
   way): Run:ai's model streamer (`runai-model-streamer`) and `fastsafetensors` (no GDS).
 
@@ -79,13 +81,19 @@ def _fastsafetensors(paths: list[Path], device) -> dict:
         return {key: handle.get_tensor(key) for key in handle.keys()}
 
 
+def _mmap(paths: list[Path], device) -> dict:
+    from safetensors.torch import load_file
+
+    return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
+
+
 def _ours(paths: list[Path], device) -> dict:
-    from lmi_runtime.backends.loader import read_weights
+    from lmi_runtime.backends.staged_read import read_weights
 
     return read_weights(paths, device)
 
 
-READERS = {"now": _ours, "runai streamer": _runai, "fastsafetensors": _fastsafetensors}
+READERS = {"mmap": _mmap, "now": _ours, "runai streamer": _runai, "fastsafetensors": _fastsafetensors}
 
 
 def main() -> None:
@@ -104,7 +112,7 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, "--model", str(args.model), "--child", variant],
                                   capture_output=True, text=True, env=os.environ)
             if done.returncode != 0:
-                print(f"{variant} failed:\n{done.stderr[-1500:]}")
+                print(f"{variant} failed:\n{done.stderr[-3000:]}")
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             if variant not in results or row["s"] < results[variant]["s"]:

@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from lmi_runtime.backends.staged_read import read_weights
 from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
 from lmi_runtime.backends.paged_cache import PagedKVCache
 from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
@@ -118,11 +118,6 @@ def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_con
     if _is_compressed(hf_config):
         return _hf_model(files, config, dtype, hf_config).state_dict(), None
     return read_weights(files.weights, device), None
-
-
-def read_weights(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
-    """Every tensor of the safetensors files, read from their memory maps straight onto `device`."""
-    return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
 
 
 def _packed_wanted(config: EngineConfig, device: torch.device) -> bool:

@@ -19,13 +19,13 @@ dequantized through transformers, as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmi_runtime.backends import staged_read
 from lmi_runtime.kernels.quant_matmul import GROUP_SIZES, supports_group
 from lmi_runtime.quant.packed import PackedWeight, dequantize, pack_int4
 
@@ -126,46 +126,25 @@ def _layer_schemes(quant_config: dict, layers: Iterable[str]) -> dict[str, Schem
     return found
 
 
-class Tensors:
-    """Lazy access to the tensors of several safetensors files by name, each read straight
-    onto `device` (no intermediate CPU copy of the whole file)."""
-
-    def __init__(self, stack: ExitStack, paths: Iterable[Path], device: torch.device | str = "cpu"):
-        from safetensors import safe_open
-
-        self.where = {}
-        for path in paths:
-            handle = stack.enter_context(safe_open(str(path), framework="pt", device=str(device)))
-            self.where.update(dict.fromkeys(handle.keys(), handle))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.where
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.where[name].get_tensor(name)
-
-    def names(self) -> Iterator[str]:
-        return iter(self.where)
-
-
 def read(paths: Iterable[Path], quant_config: dict, device: torch.device | str = "cpu") -> Checkpoint:
     """Every quantized layer of the checkpoint in `paths` packed, on `device`; raise `Unsupported`
-    when any layer's scheme is not covered (a whole-model fallback: never a partly-dense model)."""
-    with ExitStack() as stack:
-        tensors = Tensors(stack, paths, device)
-        layers = sorted(n.removesuffix(".weight_scale") for n in tensors.names() if n.endswith(".weight_scale"))
-        schemes = _layer_schemes(quant_config, layers)
-        owned = {f"{layer}.{suffix}" for layer in layers for suffix in QUANT_SUFFIXES}
-        for name in tensors.names():
-            layer, _, suffix = name.rpartition(".")
-            if layer in schemes and name not in owned and suffix != "bias":
-                raise Unsupported(f"{name}: a tensor this reader does not interpret")
-        packed = {layer: _packed(tensors, layer, schemes[layer]) for layer in layers}
-        dense = {name: tensors[name] for name in tensors.names() if name not in owned}
-    return Checkpoint(packed, dense)
+    when any layer's scheme is not covered (a whole-model fallback: never a partly-dense model),
+    judged from the files' headers before any tensor is read."""
+    paths = list(paths)
+    names = [entry.name for path in paths for entry in staged_read.entries(path)]
+    layers = sorted(n.removesuffix(".weight_scale") for n in names if n.endswith(".weight_scale"))
+    schemes = _layer_schemes(quant_config, layers)
+    owned = {f"{layer}.{suffix}" for layer in layers for suffix in QUANT_SUFFIXES}
+    for name in names:
+        layer, _, suffix = name.rpartition(".")
+        if layer in schemes and name not in owned and suffix != "bias":
+            raise Unsupported(f"{name}: a tensor this reader does not interpret")
+    tensors = staged_read.read_weights(paths, torch.device(device))
+    packed = {layer: _packed(tensors, layer, schemes[layer]) for layer in layers}
+    return Checkpoint(packed, {name: tensors[name] for name in names if name not in owned})
 
 
-def _packed(tensors: Tensors, layer: str, scheme: Scheme) -> PackedWeight:
+def _packed(tensors: dict[str, torch.Tensor], layer: str, scheme: Scheme) -> PackedWeight:
     scale = tensors[f"{layer}.weight_scale"]
     if scheme.kind == "fp8":
         return PackedWeight("fp8", tensors[f"{layer}.weight"], scale.reshape(-1), act=scheme.act)
@@ -191,7 +170,7 @@ def _packed(tensors: Tensors, layer: str, scheme: Scheme) -> PackedWeight:
     return PackedWeight("int4", pack_int4((q.to(torch.int16) + 8).to(torch.uint8), size), scale, zero, size, scheme.act)
 
 
-def _unpacked(tensors: Tensors, layer: str, bits: int) -> torch.Tensor:
+def _unpacked(tensors: dict[str, torch.Tensor], layer: str, bits: int) -> torch.Tensor:
     """Signed int8 [N, K] from compressed-tensors' int32 packing."""
     from compressed_tensors.compressors import unpack_from_int32
 
@@ -199,7 +178,7 @@ def _unpacked(tensors: Tensors, layer: str, bits: int) -> torch.Tensor:
     return unpack_from_int32(tensors[f"{layer}.weight_packed"], bits, shape)
 
 
-def _check_identity_order(tensors: Tensors, layer: str, k: int, size: int) -> None:
+def _check_identity_order(tensors: dict[str, torch.Tensor], layer: str, k: int, size: int) -> None:
     """GPTQ act-order stores each column's group (`g_idx`); only the plain order packs."""
     name = f"{layer}.weight_g_idx"
     if name in tensors and not torch.equal(tensors[name].long(), torch.arange(k) // size):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,7 +61,10 @@ def load(paths: list[Path], device: str = "cpu") -> "Checkpoint":
     another version or a damaged description is refused with what to do."""
     from safetensors import safe_open
 
-    from lmi_runtime.quant.compressed import Checkpoint, Tensors
+    import torch
+
+    from lmi_runtime.backends import staged_read
+    from lmi_runtime.quant.compressed import Checkpoint
     from lmi_runtime.quant.packed import PackedWeight
 
     metadata: dict = {}
@@ -73,16 +75,15 @@ def load(paths: list[Path], device: str = "cpu") -> "Checkpoint":
     check_layout(metadata.get(LAYOUT_KEY, "none"), where)
     try:
         layers = json.loads(metadata[LAYERS_KEY])
-        with ExitStack() as stack:
-            tensors = Tensors(stack, paths, device)
-            packed = {name: PackedWeight(d["kind"], tensors[f"{name}.q"], tensors[f"{name}.scale"],
-                                         tensors[f"{name}.zero"] if f"{name}.zero" in tensors else None,
-                                         int(d["group_size"]), d["act"])
-                      for name, d in layers.items()}
-            if any(w.kind == "int4" and w.zero is None for w in packed.values()):
-                raise ValueError("an int4 layer without zero points")
-            owned = {f"{name}.{part}" for name in layers for part in ("q", "scale", "zero")}
-            dense = {name: tensors[name] for name in tensors.names() if name not in owned}
+        tensors = staged_read.read_weights(paths, torch.device(device))
+        packed = {name: PackedWeight(d["kind"], tensors[f"{name}.q"], tensors[f"{name}.scale"],
+                                     tensors[f"{name}.zero"] if f"{name}.zero" in tensors else None,
+                                     int(d["group_size"]), d["act"])
+                  for name, d in layers.items()}
+        if any(w.kind == "int4" and w.zero is None for w in packed.values()):
+            raise ValueError("an int4 layer without zero points")
+        owned = {f"{name}.{part}" for name in layers for part in ("q", "scale", "zero")}
+        dense = {name: tensor for name, tensor in tensors.items() if name not in owned}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ModelFolderError(f"{where}: the packed-weights description ({LAYERS_KEY}) is damaged: {err!r}",
                                hint=HINT) from err
