@@ -75,9 +75,10 @@ def _runai(paths: list[Path], device) -> dict:
 def _fastsafetensors(paths: list[Path], device) -> dict:
     """fastsafetensors without GPUDirect Storage (a bounce buffer): every file lands in one GPU
     buffer that the tensors share (kept as long as any of them is)."""
+    import torch
     from fastsafetensors import fastsafe_open
 
-    with fastsafe_open([str(p) for p in paths], nogds=True, device=str(device)) as handle:
+    with fastsafe_open([str(p) for p in paths], nogds=True, device=f"cuda:{torch.cuda.current_device()}") as handle:
         return {key: handle.get_tensor(key) for key in handle.keys()}
 
 
