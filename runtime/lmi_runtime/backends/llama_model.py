@@ -305,4 +305,4 @@ class LlamaForCausalLM(nn.Module):
                 x, partial = self.mlp_partial(x, o, *mlp_args)
                 delta = self.all_reduce(partial)
         rows = step.logits_rows
-        return self.lm_head(self.model.norm(x[rows] + delta[rows]))
+        return linear(self.model.norm(x[rows] + delta[rows]), weight_of(self.lm_head), self.lm_head.bias)

@@ -4,8 +4,9 @@ Quantized weights go through one custom op, `lmi::qlinear`, so `torch.compile` t
 Triton kernel as a single opaque call inside the compiled layer (fusing the norms and
 activations around it) and CUDA graphs capture it like any kernel. On CUDA it runs
 `kernels.quant_matmul`; elsewhere it dequantizes and calls `F.linear` (the reference, and the
-path a CPU test takes). Dense 16-bit weights stay with cuBLAS: on the H200 our kernel read
-them no faster (3.59 vs 3.62 ms for a 7B decode step's matmuls, `scripts/bench_matmul.py`).
+path a CPU test takes). Dense weights on CUDA go through `lmi::dense_linear`: one token to the
+GEMV of `kernels.gemv` (faster than cuBLAS there), more to cuBLAS (our tiled kernel read them no
+faster: 3.59 vs 3.62 ms for a 7B decode step's matmuls on the H200, `scripts/bench_matmul.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmi_runtime.kernels import quant_matmul
+from lmi_runtime.kernels import gemv, quant_matmul
 from lmi_runtime.quant.packed import PackedWeight, dequantize, quantize_activations
 
 
@@ -42,10 +43,23 @@ def _(x, q, scale, zero, kind, act, group):
     return x.new_empty((*x.shape[:-1], q.shape[0]))
 
 
+@torch.library.custom_op("lmi::dense_linear", mutates_args=())
+def dense_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return gemv.gemv(x, weight) if gemv.applies(x, weight) else F.linear(x, weight)
+
+
+@dense_linear.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`weight`: a dense [N, K] tensor, or a quantized layer's `QuantLinear.args()`."""
     if isinstance(weight, torch.Tensor):
-        return F.linear(x, weight, bias)
+        if not x.is_cuda:
+            return F.linear(x, weight, bias)
+        y = dense_linear(x, weight)
+        return y if bias is None else y + bias
     y = qlinear(x, *weight)
     return y if bias is None else y + bias
 
