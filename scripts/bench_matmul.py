@@ -4,7 +4,7 @@ against cuBLAS and the field's quantized kernels, same run, same shapes.
   python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--out DIR]
 
 For each Llama-2-7B projection (q/k/v fused, o, gate/up fused, down, lm_head) and token count:
-cuBLAS fp16 (`F.linear`), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
+cuBLAS fp16 (`F.linear`), the one-token GEMV (`kernels/gemv.py`), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
 has them: gemlite's fp16 / int8 / int4 kernels, tinygemm int4 (`aten._weight_int4pack_mm`, gpt-fast's and torchao's int4 path),
 `torch.compile` of dequantize + linear (gpt-fast's int8 path) and `torch._scaled_mm` fp8 with
 per-row scales. Each call is timed inside a CUDA graph of 20 calls cycling over enough weight
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "runtime")]
 
+from lmi_runtime.kernels import gemv  # noqa: E402
 from lmi_runtime.kernels.quant_matmul import matmul  # noqa: E402
 from lmi_runtime.quant.packed import dequantize, quantize_rtn  # noqa: E402
 
@@ -57,10 +58,18 @@ def graph_time(calls: list) -> float:
     return best
 
 
+def one_token_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The runtime's one-token path (`kernels.gemv`); more tokens are cuBLAS's there."""
+    if not gemv.applies(x, w):
+        raise ValueError("one token only")
+    return gemv.gemv(x, w)
+
+
 def variants(w16: torch.Tensor) -> dict:
     """name -> (make(x) -> call, weight bytes, reference weight in fp32)."""
     out = {"cublas fp16": (lambda x, w=w16: F.linear(x, w), w16.numel() * 2, w16.float()),
-           "ours fp16": (lambda x, w=w16: matmul(x, w, None, None, "dense"), w16.numel() * 2, w16.float())}
+           "ours fp16": (lambda x, w=w16: matmul(x, w, None, None, "dense"), w16.numel() * 2, w16.float()),
+           "gemv fp16 (1 token)": (lambda x, w=w16: one_token_gemv(x, w), w16.numel() * 2, w16.float())}
     for kind in ("int8", "fp8", "int4"):
         p = quantize_rtn(w16, kind, 128)
         out[f"ours {kind}"] = (lambda x, p=p: matmul(x, p.q, p.scale, p.zero, p.kind, p.group_size), p.nbytes(),
