@@ -7,7 +7,7 @@ does) reads the quantized bytes and then the 16-bit ones again; reading 1 or ½ 
 weight and widening it in registers is where int8/int4 can gain. It also takes 16-bit weights
 (`dense`), so that `scripts/bench_matmul.py` compares it with cuBLAS on the same tiles: on the
 H200 they were level (3.59 vs 3.62 ms for a 7B decode step's matmuls), so dense layers stay
-with cuBLAS (`quant.linear`).
+with cuBLAS (`quant.linear`), except at one token, where `kernels.gemv` beats both.
 
 Tiles: `BLOCK_M` rows of x (16 is the smallest tensor-core tile; decode pads its few tokens
 up to it, which costs nothing when the weights' bytes dominate), `BLOCK_N` output channels,
