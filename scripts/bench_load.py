@@ -83,9 +83,9 @@ def _fastsafetensors(paths: list[Path], device) -> dict:
 
 
 def _mmap(paths: list[Path], device) -> dict:
-    from safetensors.torch import load_file
+    from lmi_runtime.backends.staged_read import read_mapped
 
-    return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
+    return read_mapped(paths, device)
 
 
 def _ours(paths: list[Path], device) -> dict:

@@ -138,12 +138,17 @@ class StagedReader:
             stream.synchronize()
 
 
+def read_mapped(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of the files through their memory maps (`safetensors.load_file`)."""
+    from safetensors.torch import load_file
+
+    return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
+
+
 def read_weights(paths: list[Path], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of the safetensors files on `device`: staged on a GPU; on the CPU from the
-    memory maps (`safetensors.load_file`), which is already a single copy there."""
+    memory maps, which is already a single copy there."""
     if device.type != "cuda":
-        from safetensors.torch import load_file
-
-        return {name: t for path in paths for name, t in load_file(str(path), device=str(device)).items()}
+        return read_mapped(paths, device)
     reader = StagedReader(device)
     return {name: tensor for path in paths for name, tensor in reader.read(path).items()}

@@ -55,12 +55,10 @@ def _(x, weight):
 
 def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`weight`: a dense [N, K] tensor, or a quantized layer's `QuantLinear.args()`."""
-    if isinstance(weight, torch.Tensor):
-        if not x.is_cuda:
-            return F.linear(x, weight, bias)
-        y = dense_linear(x, weight)
-        return y if bias is None else y + bias
-    y = qlinear(x, *weight)
+    dense = isinstance(weight, torch.Tensor)
+    if dense and not x.is_cuda:
+        return F.linear(x, weight, bias)
+    y = dense_linear(x, weight) if dense else qlinear(x, *weight)
     return y if bias is None else y + bias
 
 
