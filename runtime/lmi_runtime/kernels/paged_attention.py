@@ -149,7 +149,9 @@ def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, b
         new.v.stride(0), new.v.stride(1),
         **meta, PAGE=block_size, BLOCK_N=64 if dim <= 128 else 32,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WRITE_NEW=decode, SPLITS=splits,
-        num_warps=4, num_stages=2,
+        # decode over many (sequence, head) programs reads fastest with 2 warps each (a sweep on
+        # the H100: 2.58 against 2.40 TB/s at batch 64, 7B heads); split and prefill tiles keep 4
+        num_warps=2 if decode and splits == 1 else 4, num_stages=2,
     )
     if splits > 1:
         _combine_splits_kernel[(tiles, kv_heads)](
