@@ -202,7 +202,7 @@ class LLMEngine:
     def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, Sampled, int]]:
         """Queue one decode step and its sampling (each sequence alone if the batch raises)."""
         def run(batch: list[Sequence]) -> list[tuple[Sampled, int]]:
-            sampled = self._pick(list(zip(batch, self.backend.decode(batch))))
+            sampled = self._pick(batch, self.backend.decode(batch))
             return [(sampled, row) for row in range(len(batch))]
 
         queued = self._isolated(seqs, run)
@@ -266,16 +266,15 @@ class LLMEngine:
             return []
 
         def run(pairs: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[Sampled, int]]:
-            sampled = self._pick(pairs)
+            sampled = self._pick([s for s, _ in pairs], torch.stack([r for _, r in pairs]))
             return [(sampled, row) for row in range(len(pairs))]
 
         done = self._isolated(ready, run, seq_of=lambda pair: pair[0])
         return [(seq, *d) for (seq, _), d in zip(ready, done) if d is not None]
 
-    def _pick(self, pairs: list[tuple[Sequence, torch.Tensor]]) -> Sampled:
-        batch = [s for s, _ in pairs]
+    def _pick(self, batch: list[Sequence], logits: torch.Tensor) -> Sampled:
         gens = {s.seq_id: self._active[s.seq_id].generator for s in batch}
-        return sample(torch.stack([r for _, r in pairs]), batch, gens)
+        return sample(logits, batch, gens)
 
     def _isolated(
         self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s
