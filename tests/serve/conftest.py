@@ -94,9 +94,10 @@ class FlakyBackend:
     def prefill(self, seqs):
         return self.inner.prefill(seqs)
 
-    def decode(self, seqs):
-        self._check([s for s in seqs if len(s.output_ids) >= 2])  # fails later, mid-decode
-        return self.inner.decode(seqs)
+    def decode(self, seqs, ahead=None):
+        ahead = ahead or {}  # a token sampled ahead counts as generated
+        self._check([s for s in seqs if len(s.output_ids) + (s.seq_id in ahead) >= 2])  # fails later, mid-decode
+        return self.inner.decode(seqs, ahead)
 
 
 @pytest.fixture(scope="session")

@@ -66,10 +66,11 @@ class NaNBackend:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def decode(self, seqs):
-        logits = self.inner.decode(seqs).clone()
+    def decode(self, seqs, ahead=None):
+        ahead = ahead or {}  # a token sampled ahead counts as generated
+        logits = self.inner.decode(seqs, ahead).clone()
         for row, seq in enumerate(seqs):
-            if seq.prompt_ids[-1] == self.poison and len(seq.output_ids) >= 2:
+            if seq.prompt_ids[-1] == self.poison and len(seq.output_ids) + (seq.seq_id in ahead) >= 2:
                 logits[row] = torch.nan
         return logits
 

@@ -25,6 +25,7 @@ import torch
 
 from lmi_runtime.backends.llama_model import StepInputs
 from lmi_runtime.engine.request import Sequence
+from lmi_runtime.engine.sampler import Ahead
 from lmi_runtime.kernels.paged_attention import AttnBatch
 
 if TYPE_CHECKING:
@@ -82,23 +83,40 @@ class DecodeGraphs:
         log.info("captured %d decode graphs (batch 1..%d) in %.1f s", len(self.graphs), self.max_batch,
                  self.capture_s)
 
-    def run(self, backend: "TorchLlamaBackend", seqs: list[Sequence]) -> torch.Tensor:
+    def run(self, backend: "TorchLlamaBackend", seqs: list[Sequence], ahead: Ahead) -> torch.Tensor:
+        """Replay the graph for `seqs`; a sequence in `ahead` feeds the token sampled for it by
+        the step before, copied on the device (its position is one past its token list)."""
         n = len(seqs)
         size = min(s for s in self.graphs if s >= n)
         blocks = backend.kv.blocks
         pad = size - n  # padding rows: token 0 at position 0 of the scratch block, context 1
-        last = [len(s.token_ids) - 1 for s in seqs]
-        host = torch.tensor([[s.token_ids[-1] for s in seqs] + [0] * pad, last + [0] * pad,
+        last = [len(s.prompt_ids) + len(s.output_ids) - (s.seq_id not in ahead) for s in seqs]
+        ids = [0 if s.seq_id in ahead else (s.output_ids or s.prompt_ids)[-1] for s in seqs]
+        host = torch.tensor([ids + [0] * pad, last + [0] * pad,
                              [blocks.slot(s.seq_id, p) for s, p in zip(seqs, last)] + [0] * pad,
                              [p + 1 for p in last] + [1] * pad])
         self.tokens[:, :size].copy_(host, non_blocking=True)
         self.ctx_lens[:size].copy_(self.tokens[3, :size])
+        self._copy_ahead(seqs, ahead)
         self._place_tables(blocks, [s.seq_id for s in seqs] + [None] * pad)
         if backend.tp is not None:  # tensor parallel: the workers replay the same inputs
             backend.tp.replay(self, size)
         graph, out = self.graphs[size]
         graph.replay()
         return out[:n]
+
+    def _copy_ahead(self, seqs: list[Sequence], ahead: Ahead) -> None:
+        """The input ids sampled by the step before, from its (device) picks into the graph's."""
+        sources: dict[int, tuple[torch.Tensor, list[int], list[int]]] = {}
+        for row, seq in enumerate(seqs):
+            if seq.seq_id in ahead:
+                sampled, src = ahead[seq.seq_id]
+                _, dst_rows, src_rows = sources.setdefault(id(sampled), (sampled.chosen, [], []))
+                dst_rows.append(row)
+                src_rows.append(src)
+        for chosen, dst_rows, src_rows in sources.values():
+            index = torch.tensor([dst_rows, src_rows]).to(self.tokens.device, non_blocking=True)
+            self.tokens[0].index_copy_(0, index[0], chosen[0].index_select(0, index[1]).long())
 
     def _place_tables(self, blocks: "BlockKVCacheManager", owners: list[int | None]) -> None:
         """Write the block table of each row whose sequence changed (None: a padding row,

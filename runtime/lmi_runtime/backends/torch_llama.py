@@ -9,6 +9,8 @@ what the previous ones cached. Decode runs one step over every running sequence;
 that step is replayed from a CUDA graph captured at start for the next batch-size bucket
 (`decode_graphs.py`). Positions come from each sequence's token list, so re-running a step
 rewrites the same cache slots (idempotent, as the engine's failure isolation requires).
+Decode takes the engine's `ahead` tokens (sampled by the step before, not read yet): a graph
+step copies them on the device, so the host queues step N+1 before it waits for step N.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from lmi_runtime.backends.llama_model import LlamaForCausalLM, StepInputs
 from lmi_runtime.backends.paged_cache import PagedKVCache
 from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.request import Sequence
+from lmi_runtime.engine.sampler import Ahead
 from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile
 
 PREFILL_CHUNK = 8192
@@ -37,6 +40,8 @@ class Work:
 
 
 class TorchLlamaBackend(Backend):
+    decodes_ahead = True
+
     def __init__(self, model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
                  prefill_chunk: int = PREFILL_CHUNK):
         self.model = model
@@ -54,10 +59,13 @@ class TorchLlamaBackend(Backend):
         rows = self._prefill([(s.seq_id, s.token_ids) for s in seqs], all_logits=False)
         return torch.cat(rows)
 
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def decode(self, seqs: list[Sequence], ahead: Ahead | None = None) -> torch.Tensor:
+        ahead = ahead or {}
         if self.graphs is not None and len(seqs) <= self.graphs.max_batch:
-            return self.graphs.run(self, seqs)
-        work = [Work(s.seq_id, s.token_ids[-1:], len(s.token_ids)) for s in seqs]
+            return self.graphs.run(self, seqs, ahead)
+        # eager: the tokens sampled ahead are read here (one host sync)
+        work = [Work(s.seq_id, [ahead[s.seq_id][0].picks()[ahead[s.seq_id][1]].token], len(s.token_ids) + 1)
+                if s.seq_id in ahead else Work(s.seq_id, s.token_ids[-1:], len(s.token_ids)) for s in seqs]
         return self.forward(work)
 
     def fork(self, parent: Sequence, child: Sequence) -> bool:

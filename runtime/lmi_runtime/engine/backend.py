@@ -11,7 +11,9 @@ runner) so that a paged cache with CUDA graphs, or an engine with its own in-fli
   (finished, cancelled or failed);
 - `prefill(seqs)` runs the prompts of newly admitted sequences, `decode(seqs)` one step for
   sequences whose last token is not in the cache yet; both return next-token logits, one row
-  per sequence.
+  per sequence. A backend that `decodes_ahead` also takes `decode(seqs, ahead)`: sequences
+  whose next input token is still on the device, sampled by the step before (not yet in
+  `output_ids`), so the engine queues a step before it reads the last one's tokens.
 
 Both `prefill` and `decode` must be idempotent for a sequence whose token list did not change
 (the engine re-runs sequences one by one after a batch raised, to fail only the culprit), and
@@ -27,6 +29,7 @@ import torch
 
 from lmi_runtime.engine.kv_cache import KVCacheManager
 from lmi_runtime.engine.request import Sequence
+from lmi_runtime.engine.sampler import Ahead
 
 
 @dataclass
@@ -46,14 +49,16 @@ class Backend(ABC):
     tokenizer: object  # a transformers tokenizer: encode/decode/apply_chat_template
     device: torch.device
     kv_manager: KVCacheManager  # the cache room the scheduler claims and releases
+    decodes_ahead: bool = False  # `decode` accepts `ahead` (see the module's docstring)
 
     @abstractmethod
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         """Run each sequence's uncached tokens; logits of its last token, [len(seqs), vocab]."""
 
     @abstractmethod
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        """One step: feed each sequence's last token; next-token logits, [len(seqs), vocab]."""
+    def decode(self, seqs: list[Sequence], ahead: Ahead | None = None) -> torch.Tensor:
+        """One step: feed each sequence's last token (from `ahead` where it is there, only
+        when `decodes_ahead`); next-token logits, [len(seqs), vocab]."""
 
     def score(self, token_ids: list[int]) -> torch.Tensor:
         """Logits of every position of `token_ids` from a cache-free forward, float

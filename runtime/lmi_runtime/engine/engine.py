@@ -56,7 +56,7 @@ from lmi_runtime.engine.request import (
     Sequence,
     TokenEvent,
 )
-from lmi_runtime.engine.sampler import Pick, Sampled, make_generator, sample, top_logprobs
+from lmi_runtime.engine.sampler import Ahead, Pick, Sampled, make_generator, sample, top_logprobs
 from lmi_runtime.engine.scheduler import Scheduler
 from lmi_runtime.metrics import Counter, Gauge, Histogram, Registry
 
@@ -105,7 +105,7 @@ class LLMEngine:
         self._active: dict[int, _Active] = {}
         self._aborts: set[int] = set()
         self._abort_lock = threading.Lock()
-        self._queued: list[tuple[Sequence, Sampled, int]] = []  # the decode step the GPU may still run
+        self._queued: dict[int, tuple[Sequence, Sampled, int]] = {}  # the decode step the GPU may still run
         self._unsent: list[_Active] = []  # states with tokens to emit, in the order they were taken
 
     # ---- requests -------------------------------------------------------------------------
@@ -178,35 +178,54 @@ class LLMEngine:
     # ---- one iteration --------------------------------------------------------------------
     def step(self) -> None:
         self._drop_aborted()
-        self._take_queued()
+        if not self.backend.decodes_ahead:
+            self._take_queued()
         admitted = self._score_prompts(self.scheduler.admit())
         if admitted:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
             for seq, sampled, row in self._sample(self._prefill(admitted)):
                 self._take(seq, sampled.picks()[row])
-        decoding = list(self.scheduler.running)
+        decoding = [s for s in self.scheduler.running if not self._queued_is_last(s)]
+        launched = self._decode(decoding) if decoding else {}
         if decoding:
             self.metrics.batch.observe(len(decoding))
-            self._queued = self._decode(decoding)
+        self._take_queued()
+        self._queued = launched
         self._emit_unsent()
+
+    def _queued_is_last(self, seq: Sequence) -> bool:
+        """The token queued for `seq` reaches its length: no step after it."""
+        return seq.seq_id in self._queued and len(seq.output_ids) + 1 >= seq.max_new_tokens
 
     def _take_queued(self) -> None:
         """Wait for the queued decode step and take its tokens, skipping the sequences that
-        ended meanwhile (a stop sequence, an abort)."""
-        queued, self._queued = self._queued, []
-        for seq, sampled, row in queued:
+        ended meanwhile (a stop sequence, an abort, an end token found one step late)."""
+        queued, self._queued = self._queued, {}
+        for seq, sampled, row in queued.values():
             state = self._active.get(seq.seq_id)
             if state is not None and state.ending is None:
                 self._take(seq, sampled.picks()[row])
 
-    def _decode(self, seqs: list[Sequence]) -> list[tuple[Sequence, Sampled, int]]:
-        """Queue one decode step and its sampling (each sequence alone if the batch raises)."""
+    def _decode(self, seqs: list[Sequence]) -> dict[int, tuple[Sequence, Sampled, int]]:
+        """Queue one decode step and its sampling. Sequences with a queued token get it as
+        input on the device (`ahead`). If the batch raises, the queued tokens are taken first,
+        then each sequence is run alone (`_isolated`) so that only the culprit fails."""
+        ahead: Ahead = {s.seq_id: self._queued[s.seq_id][1:] for s in seqs if s.seq_id in self._queued}
+
         def run(batch: list[Sequence]) -> list[tuple[Sampled, int]]:
-            sampled = self._pick(batch, self.backend.decode(batch))
+            logits = self.backend.decode(batch, ahead) if ahead else self.backend.decode(batch)
+            sampled = self._pick(batch, logits)
             return [(sampled, row) for row in range(len(batch))]
 
-        queued = self._isolated(seqs, run)
-        return [(seq, *done) for seq, done in zip(seqs, queued) if done is not None]
+        try:
+            done: list[tuple[Sampled, int] | None] = list(run(seqs))
+        except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
+            log.warning("decode batch of %d failed; retrying one by one", len(seqs), exc_info=True)
+            self._take_queued()
+            ahead.clear()
+            seqs = [s for s in seqs if s.seq_id in self._active and self._active[s.seq_id].ending is None]
+            done = self._isolated(seqs, run, retry_batch=False)
+        return {seq.seq_id: (seq, *d) for seq, d in zip(seqs, done) if d is not None}
 
     def _score_prompts(self, admitted: list[Sequence]) -> list[Sequence]:
         """Send the prompt log-probs of those that asked; return those that go on to generate."""
@@ -277,17 +296,20 @@ class LLMEngine:
         return sample(logits, batch, gens)
 
     def _isolated(
-        self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s
+        self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s,
+        retry_batch: bool = True,
     ) -> list[R | None]:
         """Run `fn` on the whole batch; if it raises, run it item by item and fail only the
-        sequences whose item raises alone (None in their place)."""
-        try:
-            return list(fn(items))
-        except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
-            if len(items) == 1:
-                self._fail(seq_of(items[0]), self._error_text())
-                return [None]
-            log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
+        sequences whose item raises alone (None in their place). `retry_batch=False`: the
+        caller saw the batch fail already; go item by item at once."""
+        if retry_batch:
+            try:
+                return list(fn(items))
+            except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
+                if len(items) == 1:
+                    self._fail(seq_of(items[0]), self._error_text())
+                    return [None]
+                log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
         results: list[R | None] = []
         for item in items:
             try:

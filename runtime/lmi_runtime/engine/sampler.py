@@ -112,6 +112,11 @@ class Sampled:
         return self._picks
 
 
+Ahead = dict[int, tuple[Sampled, int]]
+"""Per sequence id, its next input token: sampled on the device (row of a `Sampled`), not read
+yet. A backend that `decodes_ahead` feeds it to the next step without a host round trip."""
+
+
 def sample(
     logits: torch.Tensor, seqs: list[Sequence], generators: dict[int, torch.Generator | None]
 ) -> Sampled:
