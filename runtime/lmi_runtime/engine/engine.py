@@ -11,14 +11,15 @@ takes time from the model's threads). A client that
 goes away closes its stream, which asks the thread to abort the sequence and free its slot
 before the next step.
 
-A step: drop aborted sequences; read the tokens of the decode step queued by the previous
-step (the host waits for the GPU here, and only here) and end the sequences that reached an
-end token or their length; admit waiting ones (continuous batching); score the prompts that
-asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra samples
-of an `n`/`best_of` request share their first sample's prefill when the backend can `fork`)
-and sample their first token; queue one batched decode step + sampling over every running
-sequence; then, while the GPU runs it, turn the tokens read at this step into text (stop
-sequences) and events. A stop sequence is so found one step late: the token queued meanwhile
+A step: drop aborted sequences; admit waiting ones (continuous batching); score the prompts
+that asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra
+samples of an `n`/`best_of` request share their first sample's prefill when the backend can
+`fork`) and take their first token; queue one batched decode step + sampling over every
+running sequence (a backend that `decodes_ahead` gets the tokens the previous step sampled
+without a host round trip; for others those tokens are read at the start of the step); read
+the previous step's tokens (the host waits for the GPU here) and end the sequences that
+reached an end token or their length; then, while the GPU runs the queued step, turn the
+tokens taken into text (stop sequences) and events. A stop sequence is so found one step late: the token queued meanwhile
 for that sequence is dropped unread (vLLM's async scheduling works the same way). A batch
 whose forward pass or sampling raises is re-run one sequence at a time so that only the
 failing request ends with `finish_reason="error"` while the rest of the batch carries on.
@@ -209,7 +210,8 @@ class LLMEngine:
     def _decode(self, seqs: list[Sequence]) -> dict[int, tuple[Sequence, Sampled, int]]:
         """Queue one decode step and its sampling. Sequences with a queued token get it as
         input on the device (`ahead`). If the batch raises, the queued tokens are taken first,
-        then each sequence is run alone (`_isolated`) so that only the culprit fails."""
+        then the batch runs again from the host's tokens through `_isolated` (one by one if it
+        raises again) so that only the culprit fails."""
         ahead: Ahead = {s.seq_id: self._queued[s.seq_id][1:] for s in seqs if s.seq_id in self._queued}
 
         def run(batch: list[Sequence]) -> list[tuple[Sampled, int]]:
@@ -224,7 +226,7 @@ class LLMEngine:
             self._take_queued()
             ahead.clear()
             seqs = [s for s in seqs if s.seq_id in self._active and self._active[s.seq_id].ending is None]
-            done = self._isolated(seqs, run, retry_batch=False)
+            done = self._isolated(seqs, run)
         return {seq.seq_id: (seq, *d) for seq, d in zip(seqs, done) if d is not None}
 
     def _score_prompts(self, admitted: list[Sequence]) -> list[Sequence]:
@@ -296,20 +298,17 @@ class LLMEngine:
         return sample(logits, batch, gens)
 
     def _isolated(
-        self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s,
-        retry_batch: bool = True,
+        self, items: list[T], fn: Callable[[list[T]], list[R]], seq_of: Callable[[T], Sequence] = lambda s: s
     ) -> list[R | None]:
         """Run `fn` on the whole batch; if it raises, run it item by item and fail only the
-        sequences whose item raises alone (None in their place). `retry_batch=False`: the
-        caller saw the batch fail already; go item by item at once."""
-        if retry_batch:
-            try:
-                return list(fn(items))
-            except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
-                if len(items) == 1:
-                    self._fail(seq_of(items[0]), self._error_text())
-                    return [None]
-                log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
+        sequences whose item raises alone (None in their place)."""
+        try:
+            return list(fn(items))
+        except Exception:  # noqa: BLE001 - a backend failure must not take the batch down
+            if len(items) == 1:
+                self._fail(seq_of(items[0]), self._error_text())
+                return [None]
+            log.warning("batch of %d failed; retrying one by one", len(items), exc_info=True)
         results: list[R | None] = []
         for item in items:
             try:
