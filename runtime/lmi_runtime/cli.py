@@ -26,7 +26,7 @@ from lmi_runtime.cli_support import DEBUG_HELP, as_user_error, set_debug, stderr
 from lmi_runtime.config.engine_settings import engine_config, tgi_compat  # noqa: E402
 from lmi_runtime.errors import ConfigError, LmiError, debug_enabled  # noqa: E402
 from lmi_runtime.artifact.profiles import PROFILE_ENV  # noqa: E402
-from lmi_runtime.locate import profiles_report, resolve_location, served_profile  # noqa: E402
+from lmi_runtime.locate import open_location, profiles_report, served_profile  # noqa: E402
 
 log = logging.getLogger("lmi_runtime")
 
@@ -96,11 +96,12 @@ def serve(
     def load() -> None:
         try:  # an s3:// artifact downloads here, while /ping answers 503
             log.info("loading %s", artifact or "the default model location")
-            location = resolve_location(artifact)
-            state.tgi_compat = tgi_compat(model_dir=location)
-            chosen = served_profile(location)  # None for a plain model folder
-            load_into(state, location, engine_config(options, model_dir=location, profile=chosen),
-                      verify=not skip_verify, profile=chosen)
+            location = open_location(artifact)  # an s3:// artifact's weights go on arriving while they load
+            folder = location.path
+            state.tgi_compat = tgi_compat(model_dir=folder)
+            chosen = served_profile(folder)  # None for a plain model folder
+            load_into(state, folder, engine_config(options, model_dir=folder, profile=chosen),
+                      verify=not skip_verify, profile=chosen, arriving=location.arriving)
         except Exception as err:  # noqa: BLE001 - reported below, then the server stops
             error = as_user_error(err)
             state.load_error = f"loading failed: {error.message}"

@@ -5,7 +5,8 @@ with `lmi-artifact.json` whose weights sit under `rank0/` while config and token
 root) or an `s3://` artifact, downloaded through the storage layer (the chosen profile's rank 0
 files and the shared ones, and for a tensor-parallel profile every other rank's shard for its
 worker process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
-~/.cache/lmi-serve). An artifact with several profiles serves the best one for this machine
+~/.cache/lmi-serve). A one-rank torch profile's weights are read while they download
+(`artifact.stream`); other profiles are downloaded whole first. An artifact with several profiles serves the best one for this machine
 (`artifact.profiles`), or the one `LMI_PROFILE` pins; a profile outside the root is served
 from a folder of links (the shared files, overlaid by the profile's own). Without an argument:
 `/opt/ml/model` when it holds files (SageMaker; its serving.properties may name the model with
@@ -31,9 +32,9 @@ import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from lmi_runtime.artifact.folder import read_manifest, verify_folder
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, SHARED_GROUP, Manifest, Profile
@@ -44,6 +45,9 @@ from lmi_runtime.errors import ArtifactError, ModelFolderError
 from lmi_runtime.hardware import probe
 from lmi_runtime.modelfolder import TOKENIZER_FILES, read_config_file
 from lmi_runtime.safepath import safe_join
+
+if TYPE_CHECKING:
+    from lmi_runtime.artifact.stream import Arrival
 
 log = logging.getLogger("lmi_runtime.locate")
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -57,16 +61,22 @@ class ModelFiles:
     manifest: Manifest | None = None  # narrowed to the profile being served
     verification: Future | None = None  # the weights' sha256 check, running while they load
     artifact: Path | None = None  # the artifact root, when `root` is a profile's folder of links
+    growing: dict[Path, "Arrival"] = field(default_factory=dict)  # weights still downloading, by path in `weights`
 
     def wait_verified(self) -> None:
-        """Block until the background sha256 check of the weights is done; raise what it found."""
+        """Block until the background sha256 check of the weights is done (and the weights still
+        downloading have landed and matched the manifest); raise what it found."""
         if self.verification is not None:
             self.verification.result()
+        for arrival in self.growing.values():
+            arrival.wait_verified()
 
     @contextmanager
     def hf_folder(self) -> Iterator[Path]:
-        """A folder `from_pretrained` can read: the root itself when the weights are there,
-        else a temporary folder of links to the root's files and the weights."""
+        """A folder `from_pretrained` can read (it reads whole files, so downloads finish first):
+        the root itself when the weights are there, else a temporary folder of links to the
+        root's files and the weights."""
+        self.wait_verified()
         if all(w.parent == self.root for w in self.weights):
             yield self.root
             return
@@ -80,12 +90,33 @@ class ModelFiles:
             yield Path(tmp)
 
 
+@dataclass
+class Location:
+    """Where the model to serve is; `arriving`: its weights still downloading (by manifest path)."""
+
+    path: Path
+    arriving: dict[str, "Arrival"] = field(default_factory=dict)
+
+
 def resolve_location(artifact: str | None, env: dict[str, str] | None = None) -> Path:
+    """The local folder of `artifact`, downloaded whole when it is an `s3://` one."""
+    location = open_location(artifact, env)
+    for arrival in location.arriving.values():
+        arrival.wait_verified()
+    return location.path
+
+
+def open_location(artifact: str | None, env: dict[str, str] | None = None) -> Location:
+    """The local folder of `artifact`; an `s3://` one's weights may still be arriving."""
     env = dict(os.environ) if env is None else env
     if artifact is None:
         artifact = _default_location(env)
     if artifact.startswith("s3://"):
         return _download(artifact, env)
+    return Location(_local_folder(artifact))
+
+
+def _local_folder(artifact: str) -> Path:
     if "://" in artifact:
         raise ModelFolderError(
             f"'{artifact}' is not a location lmi-serve can read",
@@ -124,18 +155,24 @@ def _model_id_in_properties(folder: Path) -> str | None:
     return load_serving_config(env={}, properties=folder).model_id
 
 
-def _download(uri: str, env: dict[str, str]) -> Path:
-    """Only the profile this machine serves (and the shared files)."""
+def _download(uri: str, env: dict[str, str]) -> Location:
+    """Only the profile this machine serves (and the shared files). One rank of the torch
+    target: its weights stream (the loader reads them as they land). Tensor parallel: every
+    rank's shard first, since each worker process reads its own."""
     from lmi_runtime.artifact.download import download_artifact, fetch_manifest
+    from lmi_runtime.artifact.stream import stream_artifact
     from lmi_runtime.storage.s3 import S3Options
 
     dest = serve_cache_root(env) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
-    manifest, _ = fetch_manifest(uri, S3Options.from_env())
+    manifest, data = fetch_manifest(uri, S3Options.from_env())
     profile = choose_profile(manifest, pinned_profile(env), say=False)
     target = profile.target
+    if target.backend in SERVABLE_TARGETS and target.tp_degree == 1:
+        cache = HashCache(serve_cache_root(env) / "verified-digests.json")
+        return Location(dest, stream_artifact(uri, manifest, data, dest, profile.name, S3Options.from_env(), cache))
     for rank in range(target.tp_degree if target.backend in SERVABLE_TARGETS else 1):  # the workers' own shards too
         download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env(), profile=profile.name)
-    return dest
+    return Location(dest)
 
 
 def served_profile(location: Path) -> Profile | None:
@@ -175,14 +212,15 @@ def serve_cache_root(env: dict[str, str] | None = None) -> Path:
     return Path(env.get("LMI_SERVE_CACHE") or Path.home() / ".cache" / "lmi-serve").expanduser()
 
 
-def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: Profile | None = None) -> ModelFiles:
+def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: Profile | None = None,
+                   arriving: dict[str, "Arrival"] | None = None) -> ModelFiles:
     """Find config, tokenizer and weights (a tensor-parallel rank's own shard) of the artifact's
     profile (`profile`, already chosen for this machine by `served_profile`; else chosen now:
     LMI_PROFILE, else the best), and check its files against the manifest (sha256 skipped with
-    `verify=False`)."""
+    `verify=False`; weights still `arriving` are checked as they land, always)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify, rank, profile)
+        files = _artifact_files(path, verify, rank, profile, arriving or {})
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
@@ -202,7 +240,8 @@ def _refuse_links_out(root: Path, files: ModelFiles) -> None:
         safe_join(root, weight.relative_to(root).as_posix(), ModelFolderError, "weights file")
 
 
-def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Profile | None = None) -> ModelFiles:
+def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Profile | None = None,
+                    arriving: dict[str, "Arrival"] | None = None) -> ModelFiles:
     everything = read_manifest(root)  # paths checked: nothing may point outside the artifact
     # hardware, toolchain, device count and memory: checked while choosing (artifact.profiles)
     profile = chosen if chosen is not None else choose_profile(everything, pinned_profile(), say=rank == 0)
@@ -223,17 +262,20 @@ def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Prof
     # Presence, sizes and extras of everything, plus the sha256 of what is read before the
     # weights (config, tokenizer, ...): now. The weights' sha256: while they load. Extras are
     # judged against every profile's files: another profile's are not extra.
+    arriving = arriving or {}
+    landed = [e for e in weight_entries if e.path not in arriving]
     verify_folder(root, everything, small, cache=cache, hash_digests=verify)
-    verify_folder(root, everything, weight_entries, hash_digests=False)
+    verify_folder(root, everything, landed, hash_digests=False)
     if not weight_entries:
         raise ArtifactError(f"the manifest of {root} lists no safetensors weights for rank {rank}",
                             hint="rebuild the artifact")
     model_root = _profile_root(root, manifest)
     weights = sorted(model_root / _in_profile(e.path, profile) for e in weight_entries)
-    files = ModelFiles(model_root, weights, manifest, artifact=root)
-    if verify:
+    growing = {model_root / _in_profile(e.path, profile): arriving[e.path] for e in weight_entries if e.path in arriving}
+    files = ModelFiles(model_root, weights, manifest, artifact=root, growing=growing)
+    if verify and landed:
         pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")
-        files.verification = pool.submit(verify_folder, root, everything, weight_entries, cache=cache)
+        files.verification = pool.submit(verify_folder, root, everything, landed, cache=cache)
         pool.shutdown(wait=False)
     return files
 

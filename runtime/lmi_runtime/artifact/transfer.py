@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmi_runtime.artifact.manifest import FileEntry
-from lmi_runtime.checksums import hash_files
+from lmi_runtime.checksums import HashCache, hash_files
 from lmi_runtime.errors import ArtifactError, StorageError
 from lmi_runtime.safepath import safe_join
 from lmi_runtime.storage.base import ABSENT, Absent, Storage, Transfer, TransferReport
@@ -70,17 +70,22 @@ def push(root: Path, entries: list[FileEntry], storage: Storage, marker_key: str
     return report
 
 
+def missing(entries: list[FileEntry], dest: Path, cache: HashCache | None = None) -> tuple[dict[str, Path], list[FileEntry]]:
+    """Where each entry goes in `dest`, and the entries not already there with the right content."""
+    dest.mkdir(parents=True, exist_ok=True)
+    targets = {e.path: safe_join(dest, e.path, ArtifactError, "manifest path") for e in entries}
+    present = [e for e in entries if targets[e.path].is_file() and targets[e.path].stat().st_size == e.size]
+    digests = hash_files([targets[e.path] for e in present], "checking local files", cache)
+    return targets, [e for e in entries if digests.get(targets[e.path]) != e.sha256]
+
+
 def pull(storage: Storage, entries: list[FileEntry], dest: Path) -> TransferReport:
     """Download `entries` into `dest`, verifying each against its sha256 and size.
 
     Files already in `dest` with the right content are kept; new files land in a staging
     folder inside `dest` and are moved into place only once verified.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    targets = {e.path: safe_join(dest, e.path, ArtifactError, "manifest path") for e in entries}
-    present = [e for e in entries if targets[e.path].is_file() and targets[e.path].stat().st_size == e.size]
-    digests = hash_files([targets[e.path] for e in present], "checking local files")
-    todo = [e for e in entries if digests.get(targets[e.path]) != e.sha256]
+    targets, todo = missing(entries, dest)
     if not todo:
         return TransferReport("none")
     staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}partial-", dir=dest))

@@ -90,12 +90,12 @@ def _checkpoint(files: ModelFiles, hf_config: dict, device: torch.device) -> Che
     """Quantized weights as packed layers on `device`: pre-packed by the compile stage, or
     converted from compressed-tensors now; None for a dense checkpoint or a scheme the packed
     layers do not cover (logged: transformers then dequantizes it)."""
-    if prepacked.layout_of(files.weights) is not None:
-        return prepacked.load(files.weights, str(device))
+    if prepacked.layout_of(files.weights, files.growing) is not None:
+        return prepacked.load(files.weights, str(device), files.growing)
     if not _is_compressed(hf_config):
         return None
     try:
-        return compressed.read(files.weights, hf_config["quantization_config"], device)
+        return compressed.read(files.weights, hf_config["quantization_config"], device, files.growing)
     except compressed.Unsupported as err:
         log.info("quantized weights served dequantized (dense, through transformers): %s", err)
         return None
@@ -117,7 +117,7 @@ def _weights(files: ModelFiles, config: EngineConfig, dtype: torch.dtype, hf_con
         return (checkpoint.dense, checkpoint) if packed_wanted else (checkpoint.dense_state(dtype), None)
     if _is_compressed(hf_config):
         return _hf_model(files, config, dtype, hf_config).state_dict(), None
-    return read_weights(files.weights, device), None
+    return read_weights(files.weights, device, files.growing), None
 
 
 def _packed_wanted(config: EngineConfig, device: torch.device) -> bool:
@@ -179,7 +179,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     if args is None:
         from lmi_runtime.backends.hf_backend import TransformersBackend
 
-        if prepacked.layout_of(files.weights) is not None:
+        if prepacked.layout_of(files.weights, files.growing) is not None:
             raise ModelFolderError("these weights are pre-packed for the torch backend (lmi-compile target torch); "
                                    "the transformers backend cannot read them", hint="use --backend torch (or auto)")
         if at_load is not None:

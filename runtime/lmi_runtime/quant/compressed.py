@@ -19,7 +19,7 @@ dequantized through transformers, as before.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,12 +126,13 @@ def _layer_schemes(quant_config: dict, layers: Iterable[str]) -> dict[str, Schem
     return found
 
 
-def read(paths: Iterable[Path], quant_config: dict, device: torch.device | str = "cpu") -> Checkpoint:
+def read(paths: Iterable[Path], quant_config: dict, device: torch.device | str = "cpu",
+         growing: Mapping[Path, staged_read.Growing] | None = None) -> Checkpoint:
     """Every quantized layer of the checkpoint in `paths` packed, on `device`; raise `Unsupported`
     when any layer's scheme is not covered (a whole-model fallback: never a partly-dense model),
-    judged from the files' headers before any tensor is read."""
+    judged from the files' headers before any tensor is read (`growing`: files still downloading)."""
     paths = list(paths)
-    names = [entry.name for path in paths for entry in staged_read.entries(path)]
+    names = [entry.name for path in paths for entry in staged_read.entries(path, (growing or {}).get(path))]
     layers = sorted(n.removesuffix(".weight_scale") for n in names if n.endswith(".weight_scale"))
     schemes = _layer_schemes(quant_config, layers)
     owned = {f"{layer}.{suffix}" for layer in layers for suffix in QUANT_SUFFIXES}
@@ -139,7 +140,7 @@ def read(paths: Iterable[Path], quant_config: dict, device: torch.device | str =
         layer, _, suffix = name.rpartition(".")
         if layer in schemes and name not in owned and suffix != "bias":
             raise Unsupported(f"{name}: a tensor this reader does not interpret")
-    tensors = staged_read.read_weights(paths, torch.device(device))
+    tensors = staged_read.read_weights(paths, torch.device(device), growing)
     packed = {layer: _packed(tensors, layer, schemes[layer]) for layer in layers}
     return Checkpoint(packed, {name: tensors[name] for name in names if name not in owned})
 

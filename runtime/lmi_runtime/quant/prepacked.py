@@ -11,13 +11,14 @@ scheme (`lmi_packed_layers`, JSON), so the file describes itself; the manifest's
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmi_runtime.errors import ModelFolderError
 
 if TYPE_CHECKING:  # torch stays out of the manifest check's imports (LAYOUT, check_layout)
+    from lmi_runtime.backends.staged_read import Growing
     from lmi_runtime.quant.compressed import Checkpoint
 
 LAYOUT = "lmi-packed-1"  # bump when the tensors' meaning changes; a runtime reads only its own
@@ -26,16 +27,19 @@ LAYERS_KEY = "lmi_packed_layers"
 HINT = "compile the artifact again with the lmi-compile that matches this lmi-serve (or serve it with the lmi-serve that built it)"
 
 
-def layout_of(paths: Iterable[Path]) -> str | None:
+def layout_of(paths: Iterable[Path], growing: Mapping[Path, "Growing"] | None = None) -> str | None:
     """The layout the weight files declare; None for a plain checkpoint."""
-    from safetensors import safe_open
-
     for path in paths:
-        with safe_open(str(path), framework="pt") as handle:
-            found = (handle.metadata() or {}).get(LAYOUT_KEY)
+        found = _metadata(path, growing).get(LAYOUT_KEY)
         if found is not None:
             return found
     return None
+
+
+def _metadata(path: Path, growing: Mapping[Path, "Growing"] | None) -> dict[str, str]:
+    from lmi_runtime.backends.staged_read import header
+
+    return header(path, (growing or {}).get(path))[1]
 
 
 def check_layout(layout: str, where: str, error: type[Exception] = ModelFolderError) -> None:
@@ -56,11 +60,10 @@ def save(checkpoint: "Checkpoint", path: Path) -> None:
     save_file(tensors, str(path), metadata={"format": "pt", LAYOUT_KEY: LAYOUT, LAYERS_KEY: json.dumps(layers)})
 
 
-def load(paths: list[Path], device: str = "cpu") -> "Checkpoint":
-    """The packed layers and dense tensors of pre-packed files, read onto `device`; a layout of
-    another version or a damaged description is refused with what to do."""
-    from safetensors import safe_open
-
+def load(paths: list[Path], device: str = "cpu", growing: Mapping[Path, "Growing"] | None = None) -> "Checkpoint":
+    """The packed layers and dense tensors of pre-packed files, read onto `device` (following
+    files still downloading); a layout of another version or a damaged description is refused
+    with what to do."""
     import torch
 
     from lmi_runtime.backends import staged_read
@@ -69,13 +72,12 @@ def load(paths: list[Path], device: str = "cpu") -> "Checkpoint":
 
     metadata: dict = {}
     for path in paths:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata.update(handle.metadata() or {})
+        metadata.update(_metadata(path, growing))
     where = ", ".join(p.name for p in paths)
     check_layout(metadata.get(LAYOUT_KEY, "none"), where)
     try:
         layers = json.loads(metadata[LAYERS_KEY])
-        tensors = staged_read.read_weights(paths, torch.device(device))
+        tensors = staged_read.read_weights(paths, torch.device(device), growing)
         packed = {name: PackedWeight(d["kind"], tensors[f"{name}.q"], tensors[f"{name}.scale"],
                                      tensors[f"{name}.zero"] if f"{name}.zero" in tensors else None,
                                      int(d["group_size"]), d["act"])

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from lmi_runtime.artifact.manifest import Profile
+from lmi_runtime.artifact.stream import Arrival
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.backends.vendor_load import is_vendor, load_vendor_backend
 from lmi_runtime.engine.backend import Backend
@@ -20,11 +21,12 @@ log = logging.getLogger("lmi_runtime.server.loading")
 
 
 def load_into(state: ServerState, location: Path, config: EngineConfig, verify: bool = True,
-              profile: Profile | None = None) -> AsyncEngine:
-    """Load the model at `location` (an artifact's `profile`) and make `state` serve it; returns
-    the started engine. An artifact's files are checked against its manifest, the weights while they load."""
+              profile: Profile | None = None, arriving: dict[str, Arrival] | None = None) -> AsyncEngine:
+    """Load the model at `location` (an artifact's `profile`; `arriving`: its weights still
+    downloading) and make `state` serve it; returns the started engine. An artifact's files are
+    checked against its manifest, the weights while they load."""
     started = time.perf_counter()
-    files = inspect_folder(location, verify, profile=profile)
+    files = inspect_folder(location, verify, profile=profile, arriving=arriving)
     backend = load_vendor_backend(files, config) if is_vendor(files) else load_backend(files, config)
     files.wait_verified()  # never ready (/ping 200) on weights that do not match the manifest
     engine = start_engine(state, backend, config)

@@ -190,6 +190,24 @@ class S3Storage(Storage):
     def download(self, transfers: list[Transfer]) -> TransferReport:
         return self._transfer(transfers, upload=False)
 
+    def stream_to(self, key: str, local: Path) -> None:
+        """Download one object into `local` front to back, so a reader can follow it as it
+        grows (`artifact.stream`); raises StorageError when the download fails."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if self.s5cmd:
+            cause = self.s5cmd.cat(self.url(key), local)
+            if cause:
+                raise self.error(cause, "downloading", key)
+            return
+
+        def fetch() -> None:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            with local.open("wb") as out:
+                for chunk in body.iter_chunks(8 * 2**20):
+                    out.write(chunk)
+
+        self._call("downloading", key, fetch)
+
     def _transfer(self, transfers: list[Transfer], upload: bool) -> TransferReport:
         action = "uploading" if upload else "downloading"
         total = sum(t.size for t in transfers)

@@ -24,6 +24,9 @@ from lmi_runtime.errors import StorageError
 from lmi_runtime.storage.base import redact
 
 log = logging.getLogger("lmi.storage.s5cmd")
+# `cat` writes in order, so one slow part holds the rest back: more, smaller parts than `cp`
+# (on loopback, 8 × 16 MiB gave 480–680 MB/s against 240–500 for cat's default 5 × 50 MiB).
+CAT_CONCURRENCY, CAT_PART_MIB = 8, 16
 
 
 def find_s5cmd() -> str | None:
@@ -101,6 +104,26 @@ class S5cmd:
         if proc.returncode != 0 and not result.failed and not result.other:
             result.other.append(f"s5cmd exited with status {proc.returncode}")
         return result
+
+    def cat(self, src: str, dest: Path) -> str | None:
+        """Write the object `src` into `dest` front to back (`s5cmd cat`: parts are fetched
+        `part_concurrency` at a time and written in order), so a reader may follow the file as
+        it grows; None on success, else s5cmd's error text."""
+        cmd = self.base_args() + ["cat", "--raw", "--concurrency", str(max(CAT_CONCURRENCY, self.part_concurrency)), "--part-size", str(CAT_PART_MIB), src]
+        with dest.open("wb") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+        if proc.returncode == 0:
+            return None
+        causes = [r["error"] for r in map(_json_or_none, proc.stderr.splitlines()) if r and "error" in r]
+        return redact("; ".join(causes) or proc.stderr.strip() or f"s5cmd exited with status {proc.returncode}")
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _record(line: str, destinations: list[str], result: BatchResult, on_success) -> None:

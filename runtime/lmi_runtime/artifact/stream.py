@@ -1,0 +1,171 @@
+"""Weights read while they download: a cold start from `s3://` takes about max(download, load)
+instead of their sum.
+
+`stream_artifact` fetches the small files (config, tokenizer, ...) and the manifest, then only
+starts the weights: each file is written front to back into its place in the serve cache
+(`S3Storage.stream_to`: `s5cmd cat`, which fetches parts in parallel and writes them in order),
+one file after the other in the order the loader reads them. The loader follows each file as
+it grows (`staged_read.Growing`): it reads a piece as soon as that piece has landed.
+
+An `Arrival` watches its file: it publishes how many bytes have landed and hashes them on the
+way, so the sha256 is known as the last byte lands and costs no extra pass. A file whose
+download fails, that grows past its size or does not match the manifest is deleted, and the
+error reaches every reader and `wait_verified`: the server never turns ready on it, and the
+next start downloads it again (a file left behind by a crash has the wrong size or digest and
+is fetched again too, since every start checks the cached files against the manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from lmi_runtime.artifact.download import wanted_files
+from lmi_runtime.artifact.manifest import MANIFEST_NAME, FileEntry, Manifest
+from lmi_runtime.artifact.transfer import missing, pull
+from lmi_runtime.checksums import HashCache, progress_bar
+from lmi_runtime.errors import ArtifactError
+from lmi_runtime.storage import open_storage
+from lmi_runtime.storage.local import atomic_write
+
+log = logging.getLogger("lmi.artifact.stream")
+HASH_CHUNK = 16 * 2**20  # bytes hashed per read of the growing file
+POLL_S = 0.005  # how often a watcher looks at a file that is not growing
+
+
+class Arrival:
+    """One weights file downloading into `path`; readers wait for the bytes they need."""
+
+    def __init__(self, path: Path, entry: FileEntry):
+        self.path, self.size, self.name, self.sha256 = path, entry.size, entry.path, entry.sha256
+        self._landed = 0
+        self._finished = False
+        self._error: BaseException | None = None
+        self._changed = threading.Condition()
+
+    def wait(self, end: int) -> None:
+        """Return once bytes [0, end) are in the file; raise the download's error if it failed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._landed >= end or self._error is not None)
+            if self._error is not None:
+                raise self._error
+
+    def wait_verified(self) -> None:
+        """Return once the whole file has landed and matches the manifest; raise what failed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._finished)
+            if self._error is not None:
+                raise self._error
+
+    def follow(self, download: Callable[[], None], advance: Callable[[int], None]) -> None:
+        """Run `download` (it writes the file front to back) and watch the file as it grows."""
+        self.path.unlink(missing_ok=True)  # what a crashed start left must not pass for landed bytes
+        failed: list[BaseException] = []
+        writer = threading.Thread(target=_catch, args=(download, failed), name=f"lmi-download-{self.path.name}",
+                                  daemon=True)
+        writer.start()
+        try:
+            self._watch(writer, failed, advance)
+        except BaseException as err:  # noqa: BLE001 - handed to every reader of this file
+            self.fail(err)
+        else:
+            self._publish(finished=True)
+
+    def fail(self, error: BaseException) -> None:
+        """Give up on this file: delete what landed, and raise `error` to its readers."""
+        self.path.unlink(missing_ok=True)
+        self._publish(error=error)
+
+    def _watch(self, writer: threading.Thread, failed: list[BaseException], advance: Callable[[int], None]) -> None:
+        digest, hashed, fd = hashlib.sha256(), 0, None
+        try:
+            while True:
+                running = writer.is_alive()  # read first: bytes written before it ended are seen below
+                if fd is None and self.path.exists():
+                    fd = os.open(self.path, os.O_RDONLY)
+                size = os.fstat(fd).st_size if fd is not None else 0
+                if size > self.size:
+                    raise ArtifactError(f"{self.name}: the download is larger than the manifest's {self.size} bytes",
+                                        hint="the stored object was changed after publishing: publish the artifact again")
+                if size > self._landed:
+                    self._publish(landed=size)
+                if hashed < size:
+                    piece = os.pread(fd, min(HASH_CHUNK, size - hashed), hashed)
+                    digest.update(piece)
+                    hashed += len(piece)
+                    advance(len(piece))
+                elif not running:
+                    break
+                else:
+                    time.sleep(POLL_S)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if failed:
+            raise failed[0]
+        if hashed != self.size:
+            raise ArtifactError(f"{self.name}: the download ended after {hashed} of {self.size} bytes",
+                                hint="the stored object is shorter than the manifest says: publish the artifact again")
+        if digest.hexdigest() != self.sha256:
+            raise ArtifactError(f"{self.name}: downloaded, but its sha256 {digest.hexdigest()[:12]}… is not the "
+                                f"manifest's {self.sha256[:12]}…",
+                                hint="the stored object is corrupt or was changed after publishing: publish the artifact again")
+
+    def _publish(self, landed: int | None = None, error: BaseException | None = None, finished: bool = False) -> None:
+        with self._changed:
+            if landed is not None:
+                self._landed = landed
+            if error is not None:
+                self._error, self._finished = error, True
+            self._finished = self._finished or finished
+            self._changed.notify_all()
+
+
+def _catch(fn: Callable[[], None], failed: list[BaseException]) -> None:
+    try:
+        fn()
+    except BaseException as err:  # noqa: BLE001 - re-raised by the watcher
+        failed.append(err)
+
+
+def stream_artifact(uri: str, manifest: Manifest, manifest_bytes: bytes, dest: Path, profile: str,
+                    s3_options=None, cache: HashCache | None = None) -> dict[str, Arrival]:
+    """Rank 0 of `profile` into `dest`: the small files now, the weights started in the
+    background; returns the weights still arriving, by manifest path (files already in `dest`
+    with the right content are not fetched again). The manifest is written before the weights
+    land, since the loader reads it; the weights are checked by their arrivals."""
+    storage = open_storage(uri, s3_options)
+    entries = wanted_files(uri, manifest, 0, profile)
+    weights = [e for e in entries if e.path.endswith(".safetensors")]
+    pull(storage, [e for e in entries if e not in weights], dest)
+    targets, todo = missing(weights, dest, cache)
+    arrivals = {e.path: Arrival(targets[e.path], e) for e in sorted(todo, key=lambda e: e.path)}
+    atomic_write(dest / MANIFEST_NAME, lambda handle: handle.write(manifest_bytes))
+    if arrivals:
+        threading.Thread(target=_fetch, args=(storage, list(arrivals.values()), cache), name="lmi-stream",
+                         daemon=True).start()
+    return arrivals
+
+
+def _fetch(storage, arrivals: list[Arrival], cache: HashCache | None) -> None:
+    """One file after the other, in the order the loader reads them."""
+    started = time.perf_counter()
+    with progress_bar(f"downloading {len(arrivals)} weight files", sum(a.size for a in arrivals)) as advance:
+        for arrival in arrivals:
+            arrival.follow(lambda a=arrival: storage.stream_to(a.name, a.path), advance)
+            try:
+                arrival.wait_verified()
+            except BaseException:  # noqa: BLE001 - the readers raise it; the files after it are not needed
+                for later in arrivals[arrivals.index(arrival) + 1:]:
+                    later.fail(ArtifactError(f"{later.name}: not downloaded, since {arrival.name} failed"))
+                return
+            if cache is not None:
+                cache.update({arrival.path: arrival.sha256})
+    seconds = time.perf_counter() - started
+    log.info("downloaded %d weight files (%.2f GB) in %.1f s while loading", len(arrivals),
+             sum(a.size for a in arrivals) / 1e9, seconds)
