@@ -5,10 +5,12 @@ real s5cmd) serves the same tokens as the local one."""
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -22,6 +24,8 @@ from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.errors import ArtifactError, StorageError
 from lmi_runtime.locate import inspect_folder, open_location, resolve_location
 from lmi_runtime.storage.s3 import S3Options
+
+from served import lmi_serve
 
 from .test_loading import PROMPT, run_engine, token_ids
 
@@ -139,3 +143,13 @@ def test_s3_weights_missing_from_the_bucket_name_the_object(published, s3, bucke
     with pytest.raises(StorageError, match=f"{bucket}/smollm2/{WEIGHTS}"):
         location.arriving[WEIGHTS].wait_verified()
     assert not (location.path / WEIGHTS).exists()
+
+
+def test_lmi_serve_answers_from_an_s3_artifact_loaded_while_it_streams(published, python, cli_env, s3_env, tmp_path):
+    log = tmp_path / "serve.log"
+    env = cli_env | s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "serve-cache")}
+    with lmi_serve(python, published, env, log, timeout=120) as url:
+        reply = httpx.post(f"{url}/invocations", json={"inputs": PROMPT, "parameters": {"max_new_tokens": 6}}, timeout=60)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["generated_text"]
+    assert re.search(r"downloaded 1 weight files \([\d.]+ GB\) in [\d.]+ s while loading", log.read_text()), log.read_text()[-2000:]
