@@ -7,6 +7,7 @@ by line, so progress is live and every failure names its object and cause.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import logging
@@ -111,11 +112,25 @@ class S5cmd:
         it grows; None on success, else s5cmd's error text."""
         cmd = self.base_args() + ["cat", "--raw", "--concurrency", str(max(CAT_CONCURRENCY, self.part_concurrency)), "--part-size", str(CAT_PART_MIB), src]
         with dest.open("wb") as out:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
+            _streaming.add(proc)
+            try:
+                _, stderr = proc.communicate()
+            finally:
+                _streaming.discard(proc)
         if proc.returncode == 0:
             return None
-        causes = [r["error"] for r in map(_json_or_none, proc.stderr.splitlines()) if r and "error" in r]
-        return redact("; ".join(causes) or proc.stderr.strip() or f"s5cmd exited with status {proc.returncode}")
+        causes = [r["error"] for r in map(_json_or_none, stderr.splitlines()) if r and "error" in r]
+        return redact("; ".join(causes) or stderr.strip() or f"s5cmd exited with status {proc.returncode}")
+
+
+_streaming: set[subprocess.Popen] = set()  # `cat`s run from background threads: stopped when the process exits
+
+
+@atexit.register
+def _stop_streaming() -> None:
+    for proc in list(_streaming):
+        proc.kill()
 
 
 def _json_or_none(line: str) -> dict | None:
