@@ -153,4 +153,3 @@ def test_lmi_serve_answers_from_an_s3_artifact_loaded_while_it_streams(published
         assert reply.status_code == 200, reply.text
         assert reply.json()["generated_text"]
     assert re.search(r"downloaded 1 weight files \([\d.]+ GB\) in [\d.]+ s while loading", log.read_text()), log.read_text()[-2000:]
-
