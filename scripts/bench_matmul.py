@@ -1,10 +1,11 @@
 """The decode step's matmuls on a CUDA GPU: our Triton kernel (`kernels/quant_matmul.py`)
 against cuBLAS and the field's quantized kernels, same run, same shapes.
 
-  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--out DIR]
+  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--sweep-gemv] [--out DIR]
 
 For each Llama-2-7B projection (q/k/v fused, o, gate/up fused, down, lm_head) and token count:
-cuBLAS fp16 (`F.linear`), the one-token GEMV (`kernels/gemv.py`), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
+cuBLAS fp16 (`F.linear`), the one-token GEMV (`kernels/gemv.py`; `qgemv` for packed weights, with
+`--sweep-gemv` over its tiles), ours on fp16 / int8 / fp8 / int4-g128 weights, and where this torch
 has them: gemlite's fp16 / int8 / int4 kernels, tinygemm int4 (`aten._weight_int4pack_mm`, gpt-fast's and torchao's int4 path),
 `torch.compile` of dequantize + linear (gpt-fast's int8 path) and `torch._scaled_mm` fp8 with
 per-row scales. Each call is timed inside a CUDA graph of 20 calls cycling over enough weight
@@ -36,6 +37,7 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
           "lm_head": (32000, 4096)}
 PER_STEP = {"qkv": 32, "o": 32, "gate_up": 32, "down": 32, "lm_head": 1}
 L2_DEFEAT = 192 * 2**20  # bytes per graph of calls: ~4x the L2 cache
+GEMV_TILES = [(2, 2048, 4), (4, 2048, 4), (8, 1024, 4), (4, 4096, 8), (8, 2048, 8), (16, 1024, 8), (8, 1024, 2)]
 
 
 def graph_time(calls: list) -> float:
@@ -65,8 +67,16 @@ def one_token_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return gemv.gemv(x, w)
 
 
-def variants(w16: torch.Tensor) -> dict:
-    """name -> (make(x) -> call, weight bytes, reference weight in fp32)."""
+def one_token_qgemv(x: torch.Tensor, p, tile) -> torch.Tensor:
+    """The one-token GEMV of packed weights (`kernels.gemv.qgemv`)."""
+    if not gemv.qapplies(x, p.kind, p.act, p.group_size):
+        raise ValueError("one token only")
+    return gemv.qgemv(x, p.q, p.scale, p.zero, p.kind, p.group_size, tile)
+
+
+def variants(w16: torch.Tensor, gemv_tiles: list) -> dict:
+    """name -> (make(x) -> call, weight bytes, reference weight in fp32); `gemv_tiles`: the packed
+    GEMV's tiles to time ([None]: its default)."""
     out = {"cublas fp16": (lambda x, w=w16: F.linear(x, w), w16.numel() * 2, w16.float()),
            "ours fp16": (lambda x, w=w16: matmul(x, w, None, None, "dense"), w16.numel() * 2, w16.float()),
            "gemv fp16 (1 token)": (lambda x, w=w16: one_token_gemv(x, w), w16.numel() * 2, w16.float())}
@@ -74,6 +84,9 @@ def variants(w16: torch.Tensor) -> dict:
         p = quantize_rtn(w16, kind, 128)
         out[f"ours {kind}"] = (lambda x, p=p: matmul(x, p.q, p.scale, p.zero, p.kind, p.group_size), p.nbytes(),
                                dequantize(p, torch.float32))
+        for tile in gemv_tiles:
+            name = f"qgemv {kind}" + (" %dx%dw%d" % tile if tile else "")
+            out[name] = (lambda x, p=p, tile=tile: one_token_qgemv(x, p, tile), p.nbytes(), dequantize(p, torch.float32))
     p8 = quantize_rtn(w16, "int8")
     compiled = torch.compile(lambda x, q, s: F.linear(x, q.to(x.dtype)) * s)
     out["compiled int8 (gpt-fast)"] = (lambda x, p=p8: compiled(x, p.q, p.scale), p8.nbytes(),
@@ -132,6 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1,4,16,64")
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--sweep-gemv", action="store_true", help="time the packed GEMV with each tile of GEMV_TILES")
     parser.add_argument("--only", default="", help="comma-separated parts of variant names to run (cublas fp16 always runs)")
     args = parser.parse_args()
     only = [part for part in args.only.split(",") if part] + ["cublas fp16"]
@@ -142,7 +156,8 @@ def main() -> None:
     for shape, (n, k) in SHAPES.items():
         w16 = (torch.randn(n, k, device="cuda") / math.sqrt(k)).half()
         # copies of every weight, so that each call of a graph reads a cold one (int4's is n*k/2 bytes)
-        sets = [variants(w16 if i == 0 else w16.clone()) for i in range(max(2, min(32, math.ceil(L2_DEFEAT / (n * k / 2)))))]
+        tiles = GEMV_TILES if args.sweep_gemv else [None]
+        sets = [variants(w16 if i == 0 else w16.clone(), tiles) for i in range(max(2, min(32, math.ceil(L2_DEFEAT / (n * k / 2)))))]
         table = {}
         for name, (fn, nbytes, ref) in sets[0].items():
             if args.only and not any(part in name for part in only):

@@ -74,8 +74,8 @@ def kernel_checks() -> None:
 
 
 def gemv_checks() -> None:
-    """The one-token GEMV (`kernels.gemv`) against the fp32 product, a 7B decode step's shapes
-    and an odd one, in every dtype the dense path sends it."""
+    """The one-token GEMVs (`kernels.gemv`, dense and packed) against the fp32 product of the
+    (dequantized) weight, a 7B decode step's shapes and an odd one, in every dtype the model uses."""
     from lmi_runtime.kernels.gemv import applies, gemv
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -86,6 +86,19 @@ def gemv_checks() -> None:
             want = x.float() @ w.float().T
             err = ((gemv(x, w).float() - want).norm() / want.norm()).item()
             check(f"gemv {dtype} [{n} x {k}]", applies(x, w) and err <= tol, f"relative error {err:.2e}")
+    from lmi_runtime.kernels.gemv import qapplies, qgemv
+    from lmi_runtime.quant.packed import dequantize, quantize_rtn
+
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        for n, k in ((12288, 4096), (4096, 11008), (77, 1024)):
+            x = torch.randn(1, k, device="cuda", generator=gen).to(dtype)
+            w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).to(dtype)
+            for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
+                p = quantize_rtn(w, kind, group or 128)
+                want = x.float() @ dequantize(p, torch.float32).T
+                err = ((qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float() - want).norm() / want.norm()).item()
+                check(f"qgemv {kind} g{group} {dtype} [{n} x {k}]", err <= tol,
+                      f"relative error {err:.2e}")
 
 
 def quant_kernel_checks() -> None:

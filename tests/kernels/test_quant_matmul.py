@@ -116,3 +116,29 @@ def test_triton_kernel_matches_the_dequantized_weight_in_the_interpreter(cli_env
     done = subprocess.run([python, "-c", INTERPRETED], env=cli_env | {"TRITON_INTERPRET": "1"}, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+GEMV_INTERPRETED = """
+import torch
+from lmi_runtime.kernels import gemv
+from lmi_runtime.quant.packed import quantize_rtn, dequantize
+torch.manual_seed(0)
+for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 2e-2)):
+    for n, k in ((48, 256), (42, 416)):  # 416: 13 groups of 32, the last tile part-filled; 42: the last rows masked
+        w, x = torch.randn(n, k).to(dtype), torch.randn(1, k).to(dtype)
+        for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
+            if k % (group or 1):
+                continue
+            p = quantize_rtn(w, kind, group or 128)
+            got = gemv.qgemv(x, p.q, p.scale, p.zero, kind, p.group_size, tile=(4, 128, 1))
+            assert got.dtype == dtype and got.shape == (1, n)
+            torch.testing.assert_close(got.float(), x.float() @ dequantize(p, dtype).float().T, atol=tol * 10, rtol=tol)
+print("ok")
+"""
+
+
+def test_one_token_gemv_matches_the_dequantized_weight_in_the_interpreter(cli_env, python):
+    pytest.importorskip("triton")
+    done = subprocess.run([python, "-c", GEMV_INTERPRETED], env=cli_env | {"TRITON_INTERPRET": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
