@@ -1,5 +1,9 @@
 """sha256 of files, with progress (bytes, rate, ETA) when there is enough data to wait for, and a
-cache of digests keyed by each file's identity so that a restart does not rehash unchanged files."""
+cache of digests keyed by each file's identity so that a restart does not rehash unchanged files.
+
+A large file also has the sha256 of each BLOCK of it (the manifest's `blocks`): one sha256 runs
+at ~0.55 GB/s on the H100 machine's CPU, so checking a 13.5 GB file whole took ~24 s of every
+cold start, while its blocks are checked on every core at once (`check_files`)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Callable, Iterator
 from lmi_runtime.progress import progress
 
 CHUNK = 8 << 20
+BLOCK = 64 << 20  # bytes per block digest
 PROGRESS_MIN_BYTES = 32 << 20  # below this, a transfer or hash takes well under a second: no progress
 
 
@@ -37,6 +42,57 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     with progress(transient=True) as shown:  # stderr: stdout keeps the results
         task = shown.task(label, total=total, unit="bytes")
         yield task.advance
+
+
+def block_count(size: int) -> int:
+    return -(-size // BLOCK)
+
+
+def sha256_range(path: Path, start: int, length: int, on_chunk=None) -> str:
+    """sha256 of `length` bytes of the file from `start` (fewer where the file ends)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        at, end = start, start + length
+        while at < end and (chunk := os.pread(fd, min(CHUNK, end - at), at)):
+            digest.update(chunk)
+            at += len(chunk)
+            if on_chunk:
+                on_chunk(len(chunk))
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def block_digests(paths: list[Path], label: str = "hashing blocks") -> dict[Path, list[str] | None]:
+    """Each file's block digests, on every core; None for a file of one block or less."""
+    large = [p for p in paths if p.stat().st_size > BLOCK]
+    with progress_bar(label, sum(p.stat().st_size for p in large)) as advance, ThreadPoolExecutor(_workers()) as pool:
+        jobs = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(block_count(p.stat().st_size))]
+                for p in large}
+        found = {p: [job.result() for job in js] for p, js in jobs.items()}
+    return {p: found.get(p) for p in paths}
+
+
+def check_files(wanted: dict[Path, tuple[str, list[str] | None]], label: str = "verifying",
+                cache: "HashCache | None" = None) -> dict[Path, bool]:
+    """Whether each file holds what `wanted` says (its sha256, and its block digests where
+    known; sizes are the caller's check): by the blocks, read on every core at once, where
+    they are listed, else by the whole sha256. A file the `cache` knows unchanged is not read."""
+    known = {p: cache.get(p) for p in wanted} if cache is not None else {}
+    todo = [p for p in wanted if known.get(p) is None]
+    with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance, ThreadPoolExecutor(_workers()) as pool:
+        jobs = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(len(wanted[p][1]))]
+                if wanted[p][1] else pool.submit(sha256_file, p, advance) for p in todo}
+        ok = {p: ([job.result() for job in job_of] == wanted[p][1] and len(wanted[p][1]) == block_count(p.stat().st_size))
+              if isinstance(job_of, list) else job_of.result() == wanted[p][0] for p, job_of in jobs.items()}
+    if cache is not None and any(ok.values()):
+        cache.update({p: wanted[p][0] for p in todo if ok[p]})
+    return {p: ok[p] if p in ok else known[p] == wanted[p][0] for p in wanted}
+
+
+def _workers() -> int:
+    return max(2, min(32, os.cpu_count() or 1))
 
 
 def hash_files(paths: list[Path], label: str = "sha256", cache: "HashCache | None" = None) -> dict[Path, str]:

@@ -43,6 +43,33 @@ def test_verify_lists_every_problem(artifact):
         assert expected in message
 
 
+def test_a_large_file_is_checked_by_its_blocks(tmp_path):
+    """Blocks are what is compared (each on its own core): a flipped byte in the last block is
+    found, and so is a manifest whose blocks disagree with the file even where its sha256 agrees."""
+    import hashlib
+
+    from lmi_runtime.checksums import BLOCK, check_files
+
+    root = tmp_path / "art"
+    (root / "rank0").mkdir(parents=True)
+    big = root / "rank0" / "model.safetensors"
+    big.write_bytes(os.urandom(2 * BLOCK + 4096))
+    (root / "config.json").write_text("{}")
+    manifest = build_manifest(root, **INFO)
+    entry, small = manifest.files["rank0"][0], manifest.files["shared"][0]
+    data = big.read_bytes()
+    assert small.blocks is None and entry.sha256 == hashlib.sha256(data).hexdigest()
+    assert entry.blocks == [hashlib.sha256(data[i:i + BLOCK]).hexdigest() for i in range(0, len(data), BLOCK)]
+    verify_folder(root, manifest)
+    swapped = entry.model_copy(update={"blocks": entry.blocks[::-1]})
+    assert check_files({big: swapped.wanted()}) == {big: False}
+    with big.open("r+b") as handle:
+        handle.seek(2 * BLOCK + 100)
+        handle.write(bytes([data[2 * BLOCK + 100] ^ 1]))
+    with pytest.raises(ArtifactError, match="sha256 mismatch: rank0/model.safetensors"):
+        verify_folder(root, manifest)
+
+
 @pytest.mark.parametrize(
     "path", ["/etc/passwd", "../outside.bin", "rank0/../../x", "rank0\\..\\x", "C:/x", "a//b", "./a"]
 )

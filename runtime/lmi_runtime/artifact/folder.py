@@ -23,7 +23,7 @@ from lmi_runtime.artifact.manifest import (
     FileEntry,
     Manifest,
 )
-from lmi_runtime.checksums import HashCache, hash_files
+from lmi_runtime.checksums import HashCache, block_digests, check_files, hash_files
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.safepath import check_relpath, safe_join
 from lmi_runtime.storage.local import TMP_PREFIX, atomic_write
@@ -66,9 +66,11 @@ def file_entries(root: Path, include_manifest: bool = False) -> dict[str, list[F
     paths = scan_files(root, include_manifest)
     full = [safe_join(root, p, ArtifactError, "file") for p in paths]
     digests = hash_files(full, "hashing artifact")
+    blocks = block_digests(full, "hashing artifact blocks")
     groups: dict[str, list[FileEntry]] = {}
     for rel, path in zip(paths, full):
-        groups.setdefault(group_of(rel), []).append(FileEntry(path=rel, size=path.stat().st_size, sha256=digests[path]))
+        groups.setdefault(group_of(rel), []).append(FileEntry(path=rel, size=path.stat().st_size, sha256=digests[path],
+                                                              blocks=blocks[path]))
     return groups
 
 
@@ -164,8 +166,8 @@ def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | Non
                 resized.append(f"{entry.path} ({size} bytes, manifest says {entry.size})")
             else:
                 candidates.append(entry)
-    digests = hash_files([root / e.path for e in candidates], "verifying", cache) if hash_digests else {}
-    altered = [e.path for e in candidates if hash_digests and digests[root / e.path] != e.sha256]
+    same = check_files({root / e.path: e.wanted() for e in candidates}, "verifying", cache) if hash_digests else {}
+    altered = [e.path for e in candidates if hash_digests and not same[root / e.path]]
     extra = [] if allow_extra else sorted(present - {e.path for e in manifest.all_files()})
     problems = [(missing, "missing"), (resized, "wrong size"), (altered, "sha256 mismatch"), (extra, "not in the manifest")]
     found = [f"{what}: {', '.join(paths)}" for paths, what in problems if paths]

@@ -44,6 +44,11 @@ class FileEntry(BaseModel):
     path: str  # POSIX path relative to the artifact root
     size: int
     sha256: str
+    blocks: list[str] | None = None  # sha256 of each checksums.BLOCK of a larger file: checked on every core
+
+    def wanted(self) -> tuple[str, list[str] | None]:
+        """What `checksums.check_files` compares the file with."""
+        return self.sha256, self.blocks
 
 
 class ModelInfo(BaseModel):

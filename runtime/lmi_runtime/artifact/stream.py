@@ -7,8 +7,9 @@ starts the weights: each file is written front to back into its place in the ser
 one file after the other in the order the loader reads them. The loader follows each file as
 it grows (`staged_read.Growing`): it reads a piece as soon as that piece has landed.
 
-An `Arrival` watches its file: it publishes how many bytes have landed and hashes them on the
-way, so the sha256 is known as the last byte lands and costs no extra pass. A file whose
+An `Arrival` watches its file: it publishes how many bytes have landed and checks them on the
+way (each block on its own core as it lands, where the manifest lists blocks), so the file is
+verified soon after its last byte lands, with no extra pass. A file whose
 download fails, that grows past its size or does not match the manifest is deleted, and the
 error reaches every reader and `wait_verified`: the server never turns ready on it, and the
 next start downloads it again (a file left behind by a crash has the wrong size or digest and
@@ -22,13 +23,14 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from lmi_runtime.artifact.download import wanted_files
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, FileEntry, Manifest
 from lmi_runtime.artifact.transfer import missing, pull
-from lmi_runtime.checksums import HashCache, progress_bar
+from lmi_runtime.checksums import BLOCK, HashCache, block_count, progress_bar, sha256_range
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.storage import open_storage
 from lmi_runtime.storage.local import atomic_write
@@ -42,7 +44,7 @@ class Arrival:
     """One weights file downloading into `path`; readers wait for the bytes they need."""
 
     def __init__(self, path: Path, entry: FileEntry):
-        self.path, self.size, self.name, self.sha256 = path, entry.size, entry.path, entry.sha256
+        self.path, self.size, self.name, self.sha256, self.blocks = path, entry.size, entry.path, entry.sha256, entry.blocks
         self._landed = 0
         self._finished = False
         self._error: BaseException | None = None
@@ -82,7 +84,10 @@ class Arrival:
         self._publish(error=error)
 
     def _watch(self, writer: threading.Thread, failed: list[BaseException], advance: Callable[[int], None]) -> None:
-        digest, hashed, fd = hashlib.sha256(), 0, None
+        """Publish the landed bytes; check them as they land: each block on its own core where the
+        manifest lists blocks, else one sha256 of the whole file, in order."""
+        digest, hashed, fd, checks = hashlib.sha256(), 0, None, []
+        pool = ThreadPoolExecutor(max(2, min(32, os.cpu_count() or 1))) if self.blocks else None
         try:
             while True:
                 running = writer.is_alive()  # read first: bytes written before it ended are seen below
@@ -94,26 +99,33 @@ class Arrival:
                                         hint="the stored object was changed after publishing: publish the artifact again")
                 if size > self._landed:
                     self._publish(landed=size)
-                if hashed < size:
+                if pool is not None:
+                    while len(checks) < block_count(self.size) and size >= min((len(checks) + 1) * BLOCK, self.size):
+                        checks.append(pool.submit(sha256_range, self.path, len(checks) * BLOCK, BLOCK, advance))
+                    if not running:
+                        break
+                elif hashed < size:
                     piece = os.pread(fd, min(HASH_CHUNK, size - hashed), hashed)
                     digest.update(piece)
                     hashed += len(piece)
                     advance(len(piece))
+                    continue
                 elif not running:
                     break
-                else:
-                    time.sleep(POLL_S)
+                time.sleep(POLL_S)
+            found = [check.result() for check in checks]
         finally:
             if fd is not None:
                 os.close(fd)
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         if failed:
             raise failed[0]
-        if hashed != self.size:
-            raise ArtifactError(f"{self.name}: the download ended after {hashed} of {self.size} bytes",
+        if self._landed != self.size:
+            raise ArtifactError(f"{self.name}: the download ended after {self._landed} of {self.size} bytes",
                                 hint="the stored object is shorter than the manifest says: publish the artifact again")
-        if digest.hexdigest() != self.sha256:
-            raise ArtifactError(f"{self.name}: downloaded, but its sha256 {digest.hexdigest()[:12]}… is not the "
-                                f"manifest's {self.sha256[:12]}…",
+        if found != (self.blocks or []) or (pool is None and digest.hexdigest() != self.sha256):
+            raise ArtifactError(f"{self.name}: downloaded, but its sha256 does not match the manifest's",
                                 hint="the stored object is corrupt or was changed after publishing: publish the artifact again")
 
     def _publish(self, landed: int | None = None, error: BaseException | None = None, finished: bool = False) -> None:

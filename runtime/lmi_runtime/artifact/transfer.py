@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmi_runtime.artifact.manifest import FileEntry
-from lmi_runtime.checksums import HashCache, hash_files
+from lmi_runtime.checksums import HashCache, check_files
 from lmi_runtime.errors import ArtifactError, StorageError
 from lmi_runtime.safepath import safe_join
 from lmi_runtime.storage.base import ABSENT, Absent, Storage, Transfer, TransferReport
@@ -75,8 +75,8 @@ def missing(entries: list[FileEntry], dest: Path, cache: HashCache | None = None
     dest.mkdir(parents=True, exist_ok=True)
     targets = {e.path: safe_join(dest, e.path, ArtifactError, "manifest path") for e in entries}
     present = [e for e in entries if targets[e.path].is_file() and targets[e.path].stat().st_size == e.size]
-    digests = hash_files([targets[e.path] for e in present], "checking local files", cache)
-    return targets, [e for e in entries if digests.get(targets[e.path]) != e.sha256]
+    same = check_files({targets[e.path]: e.wanted() for e in present}, "checking local files", cache)
+    return targets, [e for e in entries if not same.get(targets[e.path])]
 
 
 def pull(storage: Storage, entries: list[FileEntry], dest: Path) -> TransferReport:
@@ -92,8 +92,10 @@ def pull(storage: Storage, entries: list[FileEntry], dest: Path) -> TransferRepo
     try:
         transfers = [Transfer(safe_join(staging, e.path, ArtifactError, "manifest path"), e.path, e.size, e.sha256) for e in todo]
         report = storage.download(transfers)
-        got = hash_files([t.local for t in transfers if t.local.is_file()], "verifying download")
-        bad = [f"{e.path} (sha256 {got.get(t.local, 'missing')[:12]}…, manifest {e.sha256[:12]}…)" for e, t in zip(todo, transfers) if got.get(t.local) != e.sha256 or t.local.stat().st_size != e.size]
+        landed = [(e, t) for e, t in zip(todo, transfers) if t.local.is_file() and t.local.stat().st_size == e.size]
+        same = check_files({t.local: e.wanted() for e, t in landed}, "verifying download")
+        bad = [f"{e.path} ({'content differs' if t.local.is_file() and t.local.stat().st_size == e.size else 'missing or wrong size'})"
+               for e, t in zip(todo, transfers) if not same.get(t.local)]
         if bad:
             raise ArtifactError(
                 f"{len(bad)} downloaded file(s) from {storage.uri} do not match the manifest: {', '.join(bad)}",
