@@ -81,11 +81,15 @@ def check_files(wanted: dict[Path, tuple[str, list[str] | None]], label: str = "
     they are listed, else by the whole sha256. A file the `cache` knows unchanged is not read."""
     known = {p: cache.get(p) for p in wanted} if cache is not None else {}
     todo = [p for p in wanted if known.get(p) is None]
+    ok: dict[Path, bool] = {}
     with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance, ThreadPoolExecutor(_workers()) as pool:
-        jobs = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(len(wanted[p][1]))]
-                if wanted[p][1] else pool.submit(sha256_file, p, advance) for p in todo}
-        ok = {p: ([job.result() for job in job_of] == wanted[p][1] and len(wanted[p][1]) == block_count(p.stat().st_size))
-              if isinstance(job_of, list) else job_of.result() == wanted[p][0] for p, job_of in jobs.items()}
+        by_blocks = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(len(wanted[p][1]))]
+                     for p in todo if wanted[p][1]}
+        whole = {p: pool.submit(sha256_file, p, advance) for p in todo if not wanted[p][1]}
+        for p, jobs in by_blocks.items():
+            ok[p] = len(jobs) == block_count(p.stat().st_size) and [job.result() for job in jobs] == wanted[p][1]
+        for p, job in whole.items():
+            ok[p] = job.result() == wanted[p][0]
     if cache is not None and any(ok.values()):
         cache.update({p: wanted[p][0] for p in todo if ok[p]})
     return {p: ok[p] if p in ok else known[p] == wanted[p][0] for p in wanted}
