@@ -67,7 +67,7 @@ def sha256_range(path: Path, start: int, length: int, on_chunk=None) -> str:
 def block_digests(paths: list[Path], label: str = "hashing blocks") -> dict[Path, list[str] | None]:
     """Each file's block digests, on every core; None for a file of one block or less."""
     large = [p for p in paths if p.stat().st_size > BLOCK]
-    with progress_bar(label, sum(p.stat().st_size for p in large)) as advance, ThreadPoolExecutor(_workers()) as pool:
+    with progress_bar(label, sum(p.stat().st_size for p in large)) as advance, ThreadPoolExecutor(hashing_threads()) as pool:
         jobs = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(block_count(p.stat().st_size))]
                 for p in large}
         found = {p: [job.result() for job in js] for p, js in jobs.items()}
@@ -75,14 +75,16 @@ def block_digests(paths: list[Path], label: str = "hashing blocks") -> dict[Path
 
 
 def check_files(wanted: dict[Path, tuple[str, list[str] | None]], label: str = "verifying",
-                cache: "HashCache | None" = None) -> dict[Path, bool]:
+                cache: "HashCache | None" = None, spare_cores: int = 0) -> dict[Path, bool]:
     """Whether each file holds what `wanted` says (its sha256, and its block digests where
-    known; sizes are the caller's check): by the blocks, read on every core at once, where
-    they are listed, else by the whole sha256. A file the `cache` knows unchanged is not read."""
+    known; sizes are the caller's check): by the blocks, read on every core at once (but
+    `spare_cores`, left to a load running beside), where they are listed, else by the whole
+    sha256. A file the `cache` knows unchanged is not read."""
     known = {p: cache.get(p) for p in wanted} if cache is not None else {}
     todo = [p for p in wanted if known.get(p) is None]
     ok: dict[Path, bool] = {}
-    with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance, ThreadPoolExecutor(_workers()) as pool:
+    with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance, \
+            ThreadPoolExecutor(hashing_threads(spare_cores)) as pool:
         by_blocks = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(len(wanted[p][1]))]
                      for p in todo if wanted[p][1]}
         whole = {p: pool.submit(sha256_file, p, advance) for p in todo if not wanted[p][1]}
@@ -95,8 +97,9 @@ def check_files(wanted: dict[Path, tuple[str, list[str] | None]], label: str = "
     return {p: ok[p] if p in ok else known[p] == wanted[p][0] for p in wanted}
 
 
-def _workers() -> int:
-    return max(2, min(32, os.cpu_count() or 1))
+def hashing_threads(spare_cores: int = 0) -> int:
+    """Threads for block digests: one a core (hashlib releases the GIL), but `spare_cores`."""
+    return max(1, min(32, (os.cpu_count() or 1) - spare_cores))
 
 
 def hash_files(paths: list[Path], label: str = "sha256", cache: "HashCache | None" = None) -> dict[Path, str]:

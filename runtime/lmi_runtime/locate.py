@@ -275,7 +275,7 @@ def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Prof
     files = ModelFiles(model_root, weights, manifest, artifact=root, growing=growing)
     if verify and landed:
         pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")
-        files.verification = pool.submit(verify_folder, root, everything, landed, cache=cache)
+        files.verification = pool.submit(verify_folder, root, everything, landed, cache=cache, spare_cores=1)
         pool.shutdown(wait=False)
     return files
 

@@ -152,9 +152,10 @@ def check_manifest_paths(manifest: Manifest) -> None:
 
 
 def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | None = None, allow_extra: bool = False,
-                  cache: HashCache | None = None, hash_digests: bool = True) -> None:
+                  cache: HashCache | None = None, hash_digests: bool = True, spare_cores: int = 0) -> None:
     """Raise ArtifactError listing every missing, resized, altered or (unless allowed) extra file.
-    `hash_digests=False` checks presence, sizes and extras only (lmi-serve --skip-verify)."""
+    `hash_digests=False` checks presence, sizes and extras only (lmi-serve --skip-verify);
+    `spare_cores`: cores the hashing leaves to a load running beside it."""
     entries = manifest.all_files() if entries is None else entries
     present = set(scan_files(root))
     missing = [e.path for e in entries if e.path not in present]
@@ -166,7 +167,7 @@ def verify_folder(root: Path, manifest: Manifest, entries: list[FileEntry] | Non
                 resized.append(f"{entry.path} ({size} bytes, manifest says {entry.size})")
             else:
                 candidates.append(entry)
-    same = check_files({root / e.path: e.wanted() for e in candidates}, "verifying", cache) if hash_digests else {}
+    same = check_files({root / e.path: e.wanted() for e in candidates}, "verifying", cache, spare_cores) if hash_digests else {}
     altered = [e.path for e in candidates if hash_digests and not same[root / e.path]]
     extra = [] if allow_extra else sorted(present - {e.path for e in manifest.all_files()})
     problems = [(missing, "missing"), (resized, "wrong size"), (altered, "sha256 mismatch"), (extra, "not in the manifest")]

@@ -30,7 +30,7 @@ from typing import Callable
 from lmi_runtime.artifact.download import wanted_files
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, FileEntry, Manifest
 from lmi_runtime.artifact.transfer import missing, pull
-from lmi_runtime.checksums import BLOCK, HashCache, block_count, progress_bar, sha256_range
+from lmi_runtime.checksums import BLOCK, HashCache, block_count, hashing_threads, progress_bar, sha256_range
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.storage import open_storage
 from lmi_runtime.storage.local import atomic_write
@@ -87,7 +87,7 @@ class Arrival:
         """Publish the landed bytes; check them as they land: each block on its own core where the
         manifest lists blocks, else one sha256 of the whole file, in order."""
         digest, hashed, fd, checks = hashlib.sha256(), 0, None, []
-        pool = ThreadPoolExecutor(max(2, min(32, os.cpu_count() or 1))) if self.blocks else None
+        pool = ThreadPoolExecutor(hashing_threads(spare_cores=1)) if self.blocks else None  # a core for the loader
         try:
             while True:
                 running = writer.is_alive()  # read first: bytes written before it ended are seen below
