@@ -6,11 +6,11 @@ root) or an `s3://` artifact, downloaded through the storage layer (the chosen p
 files and the shared ones, and for a tensor-parallel profile every other rank's shard for its
 worker process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
 ~/.cache/lmi-serve). A one-rank torch profile's weights are read while they download
-(`artifact.stream`); other profiles are downloaded whole first. An artifact with several profiles serves the best one for this machine
-(`artifact.profiles`), or the one `LMI_PROFILE` pins; a profile outside the root is served
-from a folder of links (the shared files, overlaid by the profile's own). Without an argument:
-`/opt/ml/model` when it holds files (SageMaker; its serving.properties may name the model with
-option.model_id, as in LMI), else `HF_MODEL_ID`.
+(`artifact.stream`); other profiles are downloaded whole first. An artifact with several
+profiles serves the best one for this machine (`artifact.profiles`), or the one `LMI_PROFILE`
+pins; a profile outside the root is served from a folder of links (the shared files, overlaid
+by the profile's own). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
+serving.properties may name the model with option.model_id, as in LMI), else `HF_MODEL_ID`.
 
 Verify before load, always: a local artifact is checked like a downloaded one. Presence,
 sizes and files outside the manifest are checked at once; the sha256 of config, tokenizer and
@@ -68,6 +68,10 @@ class ModelFiles:
         downloading have landed and matched the manifest); raise what it found."""
         if self.verification is not None:
             self.verification.result()
+        self.wait_arrived()
+
+    def wait_arrived(self) -> None:
+        """Block until the weights still downloading have landed and matched the manifest."""
         for arrival in self.growing.values():
             arrival.wait_verified()
 
@@ -76,7 +80,7 @@ class ModelFiles:
         """A folder `from_pretrained` can read (it reads whole files, so downloads finish first):
         the root itself when the weights are there, else a temporary folder of links to the
         root's files and the weights."""
-        self.wait_verified()
+        self.wait_arrived()
         if all(w.parent == self.root for w in self.weights):
             yield self.root
             return
@@ -220,7 +224,7 @@ def inspect_folder(path: Path, verify: bool = True, rank: int = 0, profile: Prof
     `verify=False`; weights still `arriving` are checked as they land, always)."""
     path = path.resolve()
     if (path / MANIFEST_NAME).is_file() or (path / MANIFEST_NAME).is_symlink():
-        files = _artifact_files(path, verify, rank, profile, arriving or {})
+        files = _artifact_files(path, verify, rank, profile, arriving)
     else:
         files = ModelFiles(path, _safetensors_in(path))
         _refuse_links_out(path, files)
