@@ -37,7 +37,8 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
           "lm_head": (32000, 4096)}
 PER_STEP = {"qkv": 32, "o": 32, "gate_up": 32, "down": 32, "lm_head": 1}
 L2_DEFEAT = 192 * 2**20  # bytes per graph of calls: ~4x the L2 cache
-GEMV_TILES = [(2, 2048, 4), (4, 2048, 4), (8, 1024, 4), (4, 4096, 8), (8, 2048, 8), (16, 1024, 8), (8, 1024, 2)]
+GEMV_TILES = [(4, 2048, 4), (8, 1024, 2), (8, 1024, 4), (8, 2048, 4), (16, 1024, 2), (16, 1024, 4), (16, 2048, 4),
+              (16, 2048, 8), (32, 1024, 4)]
 
 
 def graph_time(calls: list) -> float:
@@ -69,7 +70,7 @@ def one_token_gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def one_token_qgemv(x: torch.Tensor, p, tile) -> torch.Tensor:
     """The one-token GEMV of packed weights (`kernels.gemv.qgemv`)."""
-    if not gemv.qapplies(x, p.kind, p.act, p.group_size):
+    if not gemv.qapplies(x, p.q, p.kind, p.act, p.group_size):
         raise ValueError("one token only")
     return gemv.qgemv(x, p.q, p.scale, p.zero, p.kind, p.group_size, tile)
 

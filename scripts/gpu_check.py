@@ -97,7 +97,7 @@ def gemv_checks() -> None:
                 p = quantize_rtn(w, kind, group or 128)
                 want = x.float() @ dequantize(p, torch.float32).T
                 err = ((qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float() - want).norm() / want.norm()).item()
-                check(f"qgemv {kind} g{group} {dtype} [{n} x {k}]", err <= tol,
+                check(f"qgemv {kind} g{group} {dtype} [{n} x {k}]", qapplies(x, p.q, kind, p.act, group) and err <= tol,
                       f"relative error {err:.2e}")
 
 

@@ -142,3 +142,21 @@ def test_one_token_gemv_matches_the_dequantized_weight_in_the_interpreter(cli_en
     done = subprocess.run([python, "-c", GEMV_INTERPRETED], env=cli_env | {"TRITON_INTERPRET": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_one_token_gemv_compiles_for_the_h100_without_one():
+    """The interpreter runs the kernel's arithmetic, not Triton's lowering: compile each kind at
+    its served tile to sm_90 machine code with the wheel's own ptxas (scripts/kernel_sass.py)."""
+    pytest.importorskip("triton")
+    import importlib.util
+    from pathlib import Path
+
+    from lmi_runtime.kernels import gemv
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_sass.py"
+    spec = importlib.util.spec_from_file_location("kernel_sass", path)
+    kernel_sass = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kernel_sass)
+    for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
+        per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind])
+        assert ops["FFMA"] > 0 and per_weight > 0, (kind, ops)  # the hot loop was found in the machine code

@@ -11,12 +11,18 @@ At 4 tokens the same tiles were 0.70× of cuBLAS, so only one token comes here.
 
 `qgemv` does the same for the packed weight-only kinds of `quant.packed` (int8 and fp8 per
 channel, int4 by groups): at one token `quant_matmul`'s tensor-core tiles pad the token to 16
-rows. Integers become floats by the exponent trick (OR into the mantissa of 2^23, subtract),
-not the converter, which runs at a quarter of the FMA rate. An int4 group's zero point is
-applied once per group through the sum of its inputs: Σ s·(q−z)·x = s·(Σ q·x − z·Σ x).
-A 7B decode step's matmuls at one token on the H100 (`bench_matmul.py --sweep-gemv`, 7 tiles):
+rows. At one token the int kinds are bound by instruction issue, not memory, so the kernel
+reads them as 32-bit words and spends about three instructions a weight: one logic op puts a
+field, in place, into the mantissa of 2^23 (`_field`), a subtraction makes it exact, an FMA
+takes it with its input divided by the field's power of two (the int-to-float converter runs
+at a quarter of the FMA rate; extracting bytes first cost three more). An int4 group's zero
+point is applied once per group through the sum of its inputs: Σ s·(q−z)·x = s·(Σ q·x − z·Σ x).
+`scripts/kernel_sass.py` counts the hot loop's instructions per weight for sm_90 without a
+GPU: int4 5.2 (was 7.8 reading bytes), int8 5.7 (was 9.0), fp8 3.7 (4.6). A 7B decode step's
+matmuls at one token on the H100 with the byte-reading kernel (`bench_matmul.py --sweep-gemv`):
 fp8 2.47 ms against `quant_matmul`'s 2.88, int4-g128 2.78 against 3.05 (tile 8×1024, 2 warps),
-but int8 3.03 at best against 2.94, so int8 stays with `quant_matmul` (`SERVED`).
+int8 3.03 against 2.94, so int8 stays with `quant_matmul` (`SERVED`) until the word-reading
+kernel has been timed.
 """
 
 from __future__ import annotations
@@ -60,65 +66,106 @@ if triton is not None:
 if triton is not None:
 
     @triton.jit
-    def _exact_float(v):
-        """Integers 0..2^23 as fp32 without the int-to-float converter: 0x4B000000 | v is the fp32
-        number 2^23 + v."""
-        return (v.to(tl.uint32) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    def _field(u, MASK: tl.constexpr, magic, BIAS: tl.constexpr):
+        """The bit field u & MASK of 32-bit words, in place (so times 2^its lowest bit), as fp32
+        minus (BIAS - 2^23), exactly while it ends below bit 20: OR-ed into the mantissa of 2^23,
+        one logic op per weight (`magic`, 2^23's bits, is an argument so that the AND and the OR
+        fuse: an instruction takes one immediate), not the converter at a quarter of FMA rate."""
+        return ((u & MASK) | magic).to(tl.float32, bitcast=True) - BIAS
 
     @triton.jit
-    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, KIND: tl.constexpr,
+    def _quarters(x):
+        """[C, 4] -> its four columns, each [C] (the inputs of a word's bytes 0..3)."""
+        even, odd = tl.split(tl.reshape(x, (x.shape[0], 2, 2)))
+        x0, x2 = tl.split(even)
+        x1, x3 = tl.split(odd)
+        return x0, x1, x2, x3
+
+    @triton.jit
+    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, magic, KIND: tl.constexpr,
                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        words = q_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)  # int8 and int4 read 32-bit words
         if KIND == 2:  # int4: per group of GROUP, the first half in the low nibbles, the second in the high
             HALF: tl.constexpr = GROUP // 2
+            WORDS: tl.constexpr = GROUP // 8  # a group's words
             GROUPS: tl.constexpr = BLOCK_K // GROUP
-            c = tl.arange(0, BLOCK_K // 2)
-            c_group, c_pos = c // HALF, c % HALF
+            c = tl.arange(0, BLOCK_K // 8)
+            c_group, c_pos = c // WORDS, c % WORDS
             r = tl.arange(0, GROUPS)
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for g0 in range(0, K // GROUP, GROUPS):
                 c_ok = (g0 + c_group) < K // GROUP
                 r_ok = (g0 + r) < K // GROUP
-                packed = tl.load(q_ptr + rn[:, None] * stride_qn + (g0 * HALF + c)[None, :],
-                                 mask=n_ok[:, None] & c_ok[None, :], other=0, eviction_policy="evict_first")
-                k_low = (g0 + c_group) * GROUP + c_pos
-                x_low = tl.load(x_ptr + k_low, mask=c_ok, other=0.0).to(tl.float32)
-                x_high = tl.load(x_ptr + k_low + HALF, mask=c_ok, other=0.0).to(tl.float32)
-                qx = _exact_float(packed & 15) * x_low[None, :] + _exact_float(packed >> 4) * x_high[None, :]
-                qx_g = tl.sum(tl.reshape(qx, (BLOCK_N, GROUPS, HALF)), axis=2)
-                x_g = tl.sum(tl.reshape(x_low + x_high, (GROUPS, HALF)), axis=1)
+                u = tl.load(words + rn[:, None] * (stride_qn // 4) + (g0 * WORDS + c)[None, :],
+                            mask=n_ok[:, None] & c_ok[None, :], other=0, eviction_policy="evict_first")
+                u_top = u >> 12  # nibbles 5..7 to bits 8..19: a nibble is exact in the mantissa up to bit 19
+                k_low = (g0 + c_group) * GROUP + 4 * c_pos  # nibble 2i + h of a word: k_low + i + h * HALF
+                qx = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.float32)
+                four = tl.arange(0, 4)
+                x_lo = tl.load(x_ptr + k_low[:, None] + four[None, :], mask=c_ok[:, None], other=0.0).to(tl.float32)
+                x_hi = tl.load(x_ptr + k_low[:, None] + HALF + four[None, :], mask=c_ok[:, None], other=0.0).to(tl.float32)
+                xs = tl.sum(x_lo + x_hi, axis=1)
+                lo0, lo1, lo2, lo3 = _quarters(x_lo)
+                hi0, hi1, hi2, hi3 = _quarters(x_hi)
+                # nibble p of a word sits at bits 4p (p < 5) or, in u_top, 4p - 12: its field is
+                # the nibble times 2^bit, so its input is divided by the same power of two (exact)
+                qx += _field(u, 15, magic, 8388608.0) * lo0[None, :]
+                qx += _field(u, 15 << 4, magic, 8388608.0) * (hi0 * (1.0 / 16))[None, :]
+                qx += _field(u, 15 << 8, magic, 8388608.0) * (lo1 * (1.0 / 256))[None, :]
+                qx += _field(u, 15 << 12, magic, 8388608.0) * (hi1 * (1.0 / 4096))[None, :]
+                qx += _field(u, 15 << 16, magic, 8388608.0) * (lo2 * (1.0 / 65536))[None, :]
+                qx += _field(u_top, 15 << 8, magic, 8388608.0) * (hi2 * (1.0 / 256))[None, :]
+                qx += _field(u_top, 15 << 12, magic, 8388608.0) * (lo3 * (1.0 / 4096))[None, :]
+                qx += _field(u_top, 15 << 16, magic, 8388608.0) * (hi3 * (1.0 / 65536))[None, :]
+                qx_g = tl.sum(tl.reshape(qx, (BLOCK_N, GROUPS, WORDS)), axis=2)
+                x_g = tl.sum(tl.reshape(xs, (GROUPS, WORDS)), axis=1)
                 sz_at = rn[:, None] * stride_sn + (g0 + r)[None, :]
                 sz_ok = n_ok[:, None] & r_ok[None, :]
                 scale = tl.load(s_ptr + sz_at, mask=sz_ok, other=0.0).to(tl.float32)
-                zero = _exact_float(tl.load(z_ptr + sz_at, mask=sz_ok, other=0))
+                zero = tl.load(z_ptr + sz_at, mask=sz_ok, other=0).to(tl.float32)
                 acc += tl.sum(scale * (qx_g - zero * x_g[None, :]), axis=1)
-        else:
+        elif KIND == 1:  # int8, four to a word: XOR 0x80 maps -128..127 to 0..255
+            c = tl.arange(0, BLOCK_K // 4)
+            part = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
+            for c0 in range(0, K // 4, BLOCK_K // 4):
+                c_ok = c0 + c < K // 4
+                u = tl.load(words + rn[:, None] * (stride_qn // 4) + (c0 + c)[None, :],
+                            mask=n_ok[:, None] & c_ok[None, :], other=0, eviction_policy="evict_first") ^ 0x80808080
+                u_top = u >> 16  # bytes 2, 3 to bits 0..15
+                x = tl.load(x_ptr + 4 * (c0 + c)[:, None] + tl.arange(0, 4)[None, :], mask=c_ok[:, None], other=0.0)
+                x0, x1, x2, x3 = _quarters(x.to(tl.float32))
+                part += _field(u, 255, magic, 8388608.0 + 128) * x0[None, :]
+                part += _field(u, 255 << 8, magic, 8388608.0 + (128 << 8)) * (x1 * (1.0 / 256))[None, :]
+                part += _field(u_top, 255, magic, 8388608.0 + 128) * x2[None, :]
+                part += _field(u_top, 255 << 8, magic, 8388608.0 + (128 << 8)) * (x3 * (1.0 / 256))[None, :]
+            acc = tl.sum(part, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+        else:  # fp8: the converter is fast for it
             rk = tl.arange(0, BLOCK_K)
+            part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 k = k0 + rk
                 k_ok = k < K
                 q = tl.load(q_ptr + rn[:, None] * stride_qn + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
                             other=0.0, eviction_policy="evict_first")
-                if KIND == 1:  # int8 -> 0..255 exactly, minus the offset
-                    w = _exact_float((q.to(tl.int16) + 128).to(tl.uint8)) - 128.0
-                else:  # fp8
-                    w = q.to(tl.float32)
-                x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-                acc += tl.sum(w * x[None, :], axis=1)
-            acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+                part += q.to(tl.float32) * tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
+            acc = tl.sum(part, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
+MAGIC = 0x4B000000  # the bits of 2^23 in fp32
 QKINDS = {"int8": 1, "int4": 2, "fp8": 3}
 Q_TILES = {"int8": (4, 2048, 4), "fp8": (4, 2048, 4), "int4": (8, 1024, 2)}  # BLOCK_N, BLOCK_K (weights), warps
-SERVED = ("fp8", "int4")  # int8 stays with quant_matmul's tiles, which were faster at one token
+SERVED = ("fp8", "int4")  # the kinds served at one token by qgemv (see the module docstring)
 
 
-def qapplies(x: torch.Tensor, kind: str, act: str, group: int) -> bool:
-    """One row of 16-bit or fp32 input on CUDA, a weight-only kind, int4 groups a tile holds whole."""
+def qapplies(x: torch.Tensor, q: torch.Tensor, kind: str, act: str, group: int) -> bool:
+    """One row of 16-bit or fp32 input on CUDA, a weight-only kind, int4 groups a tile holds whole,
+    and int8 / int4 rows that start on 32-bit words (the kernel reads them as words)."""
+    words = kind == "fp8" or (q.data_ptr() % 4 == 0 and q.stride(0) % 4 == 0)
     return (triton is not None and x.is_cuda and x.numel() == x.shape[-1] and x.dtype in DTYPES
-            and kind in SERVED and act == "none" and (kind != "int4" or group <= Q_TILES["int4"][1]))
+            and act == "none" and (kind != "int4" or group <= Q_TILES["int4"][1]) and words)
 
 
 def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, kind: str,
@@ -130,7 +177,7 @@ def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     row = x.reshape(k).contiguous()
     y = torch.empty(n, device=x.device, dtype=x.dtype)
     _qgemv_kernel[(triton.cdiv(n, block_n),)](row, q, scale, zero if zero is not None else scale, y, n, k, q.stride(0),
-                                              scale.stride(0), KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
+                                              scale.stride(0), MAGIC, KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
                                               BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     return y.reshape(*x.shape[:-1], n)
 

@@ -30,7 +30,7 @@ KERNEL_MAX_TOKENS = 64
 @torch.library.custom_op("lmi::qlinear", mutates_args=())
 def qlinear(x: torch.Tensor, q: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torch.Tensor],
             kind: str, act: str, group: int) -> torch.Tensor:
-    if gemv.qapplies(x, kind, act, group):  # one token of a weight-only layer
+    if kind in gemv.SERVED and gemv.qapplies(x, q, kind, act, group):  # one token of a weight-only layer
         return gemv.qgemv(x, q, scale, zero, kind, group)
     rows = quantize_activations(x.reshape(-1, x.shape[-1]), act)
     if rows.is_cuda and quant_matmul.triton is not None and rows.shape[0] <= KERNEL_MAX_TOKENS:
