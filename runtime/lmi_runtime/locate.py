@@ -5,8 +5,8 @@ with `lmi-artifact.json` whose weights sit under `rank0/` while config and token
 root) or an `s3://` artifact, downloaded through the storage layer (the chosen profile's rank 0
 files and the shared ones, and for a tensor-parallel profile every other rank's shard for its
 worker process, each checked against the manifest) into `LMI_SERVE_CACHE` (default
-~/.cache/lmi-serve). A one-rank torch profile's weights are read while they download
-(`artifact.stream`); other profiles are downloaded whole first. An artifact with several
+~/.cache/lmi-serve). A torch profile's weights are read while they download (`artifact.stream`),
+each rank's by its own process; vendor profiles are downloaded whole first. An artifact with several
 profiles serves the best one for this machine (`artifact.profiles`), or the one `LMI_PROFILE`
 pins; a profile outside the root is served from a folder of links (the shared files, overlaid
 by the profile's own). Without an argument: `/opt/ml/model` when it holds files (SageMaker; its
@@ -61,7 +61,8 @@ class ModelFiles:
     manifest: Manifest | None = None  # narrowed to the profile being served
     verification: Future | None = None  # the weights' sha256 check, running while they load
     artifact: Path | None = None  # the artifact root, when `root` is a profile's folder of links
-    growing: dict[Path, "Arrival"] = field(default_factory=dict)  # weights still downloading, by path in `weights`
+    growing: dict[Path, "Arrival"] = field(default_factory=dict)  # this rank's weights still downloading, by path in `weights`
+    arriving: dict[str, "Arrival"] = field(default_factory=dict)  # every rank's, by manifest path (rank 0 waits for all)
 
     def wait_verified(self) -> None:
         """Block until the background sha256 check of the weights is done (and the weights still
@@ -71,8 +72,8 @@ class ModelFiles:
         self.wait_arrived()
 
     def wait_arrived(self) -> None:
-        """Block until the weights still downloading have landed and matched the manifest."""
-        for arrival in self.growing.values():
+        """Block until the weights still downloading (every rank's) have landed and matched the manifest."""
+        for arrival in self.arriving.values():
             arrival.wait_verified()
 
     @contextmanager
@@ -160,9 +161,9 @@ def _model_id_in_properties(folder: Path) -> str | None:
 
 
 def _download(uri: str, env: dict[str, str]) -> Location:
-    """Only the profile this machine serves (and the shared files). One rank of the torch
-    target: its weights stream (the loader reads them as they land). Tensor parallel: every
-    rank's shard first, since each worker process reads its own."""
+    """Only the profile this machine serves (and the shared files). The torch target: its
+    weights stream, every rank's (each rank's loader reads its own as they land). Vendor
+    targets: downloaded whole first (their loaders read files we cannot follow)."""
     from lmi_runtime.artifact.download import download_artifact, fetch_manifest
     from lmi_runtime.artifact.stream import stream_artifact
     from lmi_runtime.storage.s3 import S3Options
@@ -170,12 +171,10 @@ def _download(uri: str, env: dict[str, str]) -> Location:
     dest = serve_cache_root(env) / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     manifest, data = fetch_manifest(uri, S3Options.from_env())
     profile = choose_profile(manifest, pinned_profile(env), say=False)
-    target = profile.target
-    if target.backend in SERVABLE_TARGETS and target.tp_degree == 1:
+    if profile.target.backend in SERVABLE_TARGETS:
         cache = HashCache(serve_cache_root(env) / "verified-digests.json")
         return Location(dest, stream_artifact(uri, manifest, data, dest, profile.name, S3Options.from_env(), cache))
-    for rank in range(target.tp_degree if target.backend in SERVABLE_TARGETS else 1):  # the workers' own shards too
-        download_artifact(uri, dest, rank=rank, s3_options=S3Options.from_env(), profile=profile.name)
+    download_artifact(uri, dest, rank=0, s3_options=S3Options.from_env(), profile=profile.name)
     return Location(dest)
 
 
@@ -276,7 +275,7 @@ def _artifact_files(root: Path, verify: bool = True, rank: int = 0, chosen: Prof
     model_root = _profile_root(root, manifest)
     weights = sorted(model_root / _in_profile(e.path, profile) for e in weight_entries)
     growing = {model_root / _in_profile(e.path, profile): arriving[e.path] for e in weight_entries if e.path in arriving}
-    files = ModelFiles(model_root, weights, manifest, artifact=root, growing=growing)
+    files = ModelFiles(model_root, weights, manifest, artifact=root, growing=growing, arriving=arriving)
     if verify and landed:
         pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-verify")
         files.verification = pool.submit(verify_folder, root, everything, landed, cache=cache, spare_cores=1)

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -27,8 +28,9 @@ from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.engine import LLMEngine
 from lmi_runtime.engine.offline import generate
 from lmi_runtime.engine.request import SamplingParams
-from lmi_runtime.errors import ConfigError
-from lmi_runtime.locate import inspect_folder
+from lmi_runtime.errors import ConfigError, StorageError
+from lmi_runtime.locate import inspect_folder, open_location
+from lmi_runtime.storage.s3 import S3Storage
 from served import lmi_serve
 from tiny_llama import save_tiny_llama
 
@@ -172,7 +174,7 @@ def test_a_degree_that_does_not_match_the_artifact_is_refused(tiny_tp2):
 
 
 def test_lmi_serve_answers_on_a_tp_artifact_from_s3(tiny_tp2, python, cli_env, s3_env, bucket, tmp_path):
-    """Published, downloaded (every rank's shard on this host), served by two processes."""
+    """Published, streamed (every rank's shard on this host, loaded as it lands), served by two processes."""
     uri = f"s3://{bucket}/tp2"
     publish(tiny_tp2, uri)
     log = tmp_path / "serve.log"
@@ -185,6 +187,93 @@ def test_lmi_serve_answers_on_a_tp_artifact_from_s3(tiny_tp2, python, cli_env, s
     text = log.read_text()
     assert "rank 0 read" in text and "from rank0/model.safetensors" in text
     assert re.search(r"rank 1 read \d+ bytes of weights from rank1/model.safetensors\n", text), text[-2000:]
+    assert re.search(r"downloaded 2 weight files \([\d.]+ GB\) in [\d.]+ s while loading", text), text[-2000:]
+
+
+def opened_by_a_worker(path: Path) -> bool:
+    """Whether a tensor-parallel worker of this process holds `path` open."""
+    target, me = os.path.realpath(path), str(os.getpid())
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.name == me or b"worker_main" not in (proc / "cmdline").read_bytes():
+                continue
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                return True
+        except OSError:  # a process that ended, or one we may not look into
+            continue
+    return False
+
+
+def workers_of_this_process() -> list[str]:
+    me = str(os.getpid())
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            parent = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if parent == me and b"worker_main" in (proc / "cmdline").read_bytes():
+                found.append(proc.name)
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def test_a_tp_artifact_from_s3_loads_every_rank_while_it_streams(tiny_dir, tiny_tp2, s3_env, bucket, tmp_path, monkeypatch,
+                                                                capfd):
+    """Rank 0 streams every rank's weights; the worker reads rank 1's as they land (its second
+    half is held back until the worker has the file open), and the tokens equal one rank's."""
+    uri = f"s3://{bucket}/tp2-streamed"
+    publish(tiny_tp2, uri)
+    one = load_backend(inspect_folder(tiny_dir), EngineConfig(max_batch_size=4))
+    prompts = [one.tokenizer(p)["input_ids"] for p in PROMPTS]
+    expected = greedy(one, prompts, JOINS)
+    del one
+    stream_to = S3Storage.stream_to
+
+    def held_back(storage, key: str, local: Path) -> None:
+        if not key.endswith("rank1/model.safetensors"):
+            return stream_to(storage, key, local)
+        stream_to(storage, key, tmp_path / "rank1-whole")
+        data = (tmp_path / "rank1-whole").read_bytes()
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with local.open("wb") as out:
+            out.write(data[: len(data) // 2])
+            out.flush()
+            deadline = time.monotonic() + 120
+            while not opened_by_a_worker(local) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1)  # the worker reads up to the half and waits there
+            out.write(data[len(data) // 2:])
+
+    monkeypatch.setattr(S3Storage, "stream_to", held_back)
+    location = open_location(uri, s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "cache")})
+    assert sorted(location.arriving) == ["rank0/model.safetensors", "rank1/model.safetensors"]
+    files = inspect_folder(location.path, arriving=location.arriving)
+    split = load_backend(files, EngineConfig(max_batch_size=4))
+    try:
+        files.wait_verified()
+        assert greedy(split, prompts, JOINS) == expected
+    finally:
+        split.tp.close()
+    logs = capfd.readouterr().err
+    assert "rank1/model.safetensors is still downloading (rank 0 fetches it): reading it as it lands" in logs, logs[-3000:]
+    assert re.search(r"rank 1 read \d+ bytes of weights from rank1/model.safetensors", logs), logs[-3000:]
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_whose_weights_fail_to_download_fails_the_start_at_once(tiny_tp2, s3, s3_env, bucket, tmp_path):
+    """Rank 1's object is gone: rank 0 fails the start naming it (before any collective, which
+    the worker left waiting would hang), and its worker ends with it."""
+    uri, key = f"s3://{bucket}/tp2-broken", "tp2-broken/rank1/model.safetensors"
+    publish(tiny_tp2, uri)
+    s3.client().delete_object(Bucket=bucket, Key=key)
+    location = open_location(uri, s3_env | {"LMI_SERVE_CACHE": str(tmp_path / "cache")})
+    files = inspect_folder(location.path, arriving=location.arriving)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=f"{bucket}/{key}"):
+        load_backend(files, EngineConfig(max_batch_size=2))
+    assert time.monotonic() - started < 120  # not a collective's timeout (600 s)
+    assert workers_of_this_process() == []
+    assert not (location.path / "rank1" / "model.safetensors").exists()
 
 
 @pytest.fixture(scope="module")

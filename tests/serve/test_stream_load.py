@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from lmi_compile.stages.publish import publish
 from lmi_runtime.artifact.manifest import FileEntry
-from lmi_runtime.artifact.stream import Arrival
+from lmi_runtime.artifact.stream import Arrival, Follower
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.backends.staged_read import StagedReader
 from lmi_runtime.engine.config import EngineConfig
@@ -83,6 +83,39 @@ def test_a_reader_follows_a_file_while_it_downloads(weights_file, tmp_path):
     watcher.join(30)
     arrival.wait_verified()
     assert set(got) == set(tensors) and all(torch.equal(got[k], tensors[k]) for k in tensors)
+
+
+def test_a_worker_follows_rank_0s_download_and_gives_up_with_it(weights_file, tmp_path):
+    """A tensor-parallel worker's side (`Follower`): it reads what has landed, waits for the
+    rest, and fails when the file it saw disappears (rank 0 deleted a bad download) or rank 0
+    stops the start."""
+    tensors, data = weights_file
+    dest, gate, half = tmp_path / "model.safetensors", threading.Event(), len(data) // 2
+
+    def download() -> None:  # rank 0's writer
+        with dest.open("wb") as out:
+            out.write(data[:half])
+            out.flush()
+            assert gate.wait(60)
+            out.write(data[half:])
+
+    follower, got = Follower(dest, WEIGHTS, len(data), abandoned=lambda: False), {}
+    reader = threading.Thread(target=lambda: got.update(StagedReader(torch.device("cpu"), 1, 2**18).read(dest, follower)))
+    reader.start()  # before the file exists: it waits for it
+    writer = threading.Thread(target=download)
+    writer.start()
+    time.sleep(0.5)
+    assert reader.is_alive() and not got  # held at the half that has landed
+    gate.set()
+    reader.join(30)
+    writer.join(30)
+    assert set(got) == set(tensors) and all(torch.equal(got[k], tensors[k]) for k in tensors)
+    dest.unlink()
+    with pytest.raises(ArtifactError, match=f"{WEIGHTS}: rank 0's download of it failed"):
+        follower.wait(len(data))
+    stopped = Follower(tmp_path / "not-yet.safetensors", WEIGHTS, 10, abandoned=lambda: True)
+    with pytest.raises(ArtifactError, match="rank 0 stopped the start"):
+        stopped.wait(10)
 
 
 @pytest.mark.parametrize("fault", ["short", "altered"])

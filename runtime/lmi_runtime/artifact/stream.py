@@ -4,8 +4,10 @@ instead of their sum.
 `stream_artifact` fetches the small files (config, tokenizer, ...) and the manifest, then only
 starts the weights: each file is written front to back into its place in the serve cache
 (`S3Storage.stream_to`: `s5cmd cat`, which fetches parts in parallel and writes them in order),
-one file after the other in the order the loader reads them. The loader follows each file as
-it grows (`staged_read.Growing`): it reads a piece as soon as that piece has landed.
+one file after the other in the order the loader reads them, each tensor-parallel rank's in a
+thread of its own (its loader reads them at the same time). The loader follows each file as
+it grows (`staged_read.Growing`): it reads a piece as soon as that piece has landed; a worker
+process (ranks 1..N-1) follows its files through a `Follower`, since the downloads are rank 0's.
 
 An `Arrival` watches its file: it publishes how many bytes have landed and checks them on the
 way (each block on its own core as it lands, where the manifest lists blocks), so the file is
@@ -41,10 +43,13 @@ POLL_S = 0.005  # how often a watcher looks at a file that is not growing
 
 
 class Arrival:
-    """One weights file downloading into `path`; readers wait for the bytes they need."""
+    """One weights file downloading into `path`; readers wait for the bytes they need. What an
+    earlier start left at `path` is deleted now: its bytes must not pass for landed ones, here or
+    in a worker process that follows the file."""
 
     def __init__(self, path: Path, entry: FileEntry):
         self.path, self.size, self.name, self.sha256, self.blocks = path, entry.size, entry.path, entry.sha256, entry.blocks
+        path.unlink(missing_ok=True)
         self._landed = 0
         self._finished = False
         self._error: BaseException | None = None
@@ -66,7 +71,6 @@ class Arrival:
 
     def follow(self, download: Callable[[], None], advance: Callable[[int], None]) -> None:
         """Run `download` (it writes the file front to back) and watch the file as it grows."""
-        self.path.unlink(missing_ok=True)  # what a crashed start left must not pass for landed bytes
         failed: list[BaseException] = []
         writer = threading.Thread(target=_catch, args=(download, failed), name=f"lmi-download-{self.path.name}",
                                   daemon=True)
@@ -145,39 +149,91 @@ def _catch(fn: Callable[[], None], failed: list[BaseException]) -> None:
         failed.append(err)
 
 
+class Follower:
+    """A weights file rank 0's `Arrival` downloads, followed from a tensor-parallel worker
+    process: its bytes are there once the file is that long (`Arrival` deletes any earlier copy
+    before the worker starts). Checking them is rank 0's: the server turns ready only once every
+    rank's files match the manifest. The wait gives up when rank 0 does (`abandoned`: it has
+    written to the worker's pipe or closed it) or the file, once there, disappears (a failed
+    download is deleted)."""
+
+    def __init__(self, path: Path, name: str, size: int, abandoned: Callable[[], bool]):
+        self.path, self.name, self.size, self._abandoned = path, name, size, abandoned
+        self._seen = self._waited = False
+
+    def wait(self, end: int) -> None:
+        while True:
+            try:
+                landed = self.path.stat().st_size
+            except FileNotFoundError:
+                if self._seen:
+                    raise ArtifactError(f"{self.name}: rank 0's download of it failed (its log says why)") from None
+            else:
+                self._seen = True
+                if landed >= end:
+                    return
+            if self._abandoned():
+                raise ArtifactError(f"{self.name}: rank 0 stopped the start while it was downloading")
+            if not self._waited:
+                log.info("%s is still downloading (rank 0 fetches it): reading it as it lands", self.name)
+                self._waited = True
+            time.sleep(POLL_S)
+
+    def wait_verified(self) -> None:
+        """Return once the whole file is there (rank 0 checks its digest)."""
+        self.wait(self.size)
+
+
 def stream_artifact(uri: str, manifest: Manifest, manifest_bytes: bytes, dest: Path, profile: str,
                     s3_options=None, cache: HashCache | None = None) -> dict[str, Arrival]:
-    """Rank 0 of `profile` into `dest`: the small files now, the weights started in the
+    """Every rank of `profile` into `dest`: the small files now, the weights started in the
     background; returns the weights still arriving, by manifest path (files already in `dest`
     with the right content are not fetched again). The manifest is written before the weights
     land, since the loader reads it; the weights are checked by their arrivals."""
     storage = open_storage(uri, s3_options)
-    entries = wanted_files(uri, manifest, 0, profile)
+    entries = wanted_files(uri, manifest, None, profile)
     weights = [e for e in entries if e.path.endswith(".safetensors")]
     pull(storage, [e for e in entries if e not in weights], dest)
     targets, todo = missing(weights, dest, cache)
     arrivals = {e.path: Arrival(targets[e.path], e) for e in sorted(todo, key=lambda e: e.path)}
     atomic_write(dest / MANIFEST_NAME, lambda handle: handle.write(manifest_bytes))
     if arrivals:
-        threading.Thread(target=_fetch, args=(storage, list(arrivals.values()), cache), name="lmi-stream",
-                         daemon=True).start()
+        chosen, pending = manifest.only(profile), dict(arrivals)
+        by_rank = [[pending.pop(e.path) for e in sorted(chosen.group_for_rank(rank), key=lambda e: e.path) if e.path in pending]
+                   for rank in range(chosen.target.tp_degree)]
+        threading.Thread(target=_fetch, args=(storage, by_rank, cache), name="lmi-stream", daemon=True).start()
     return arrivals
 
 
-def _fetch(storage, arrivals: list[Arrival], cache: HashCache | None) -> None:
-    """One file after the other, in the order the loader reads them."""
-    started = time.perf_counter()
-    with progress_bar(f"downloading {len(arrivals)} weight files", sum(a.size for a in arrivals)) as advance:
-        for arrival in arrivals:
-            arrival.follow(lambda a=arrival: storage.stream_to(a.name, a.path), advance)
-            try:
-                arrival.wait_verified()
-            except BaseException:  # noqa: BLE001 - the readers raise it; the files after it are not needed
-                for later in arrivals[arrivals.index(arrival) + 1:]:
-                    later.fail(ArtifactError(f"{later.name}: not downloaded, since {arrival.name} failed"))
-                return
-            if cache is not None:
-                cache.update({arrival.path: arrival.sha256})
+def _fetch(storage, by_rank: list[list[Arrival]], cache: HashCache | None) -> None:
+    """Each rank's files in a thread of its own, one after the other in the order its loader
+    reads them."""
+    started, failed = time.perf_counter(), []
+    everything = [a for queue in by_rank for a in queue]
+    with progress_bar(f"downloading {len(everything)} weight files", sum(a.size for a in everything)) as advance:
+        threads = [threading.Thread(target=_fetch_queue, args=(storage, queue, advance, cache, failed),
+                                    name=f"lmi-stream-{rank}", daemon=True) for rank, queue in enumerate(by_rank) if queue]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failed:  # the readers raise the error
+        return
     seconds = time.perf_counter() - started
-    log.info("downloaded %d weight files (%.2f GB) in %.1f s while loading", len(arrivals),
-             sum(a.size for a in arrivals) / 1e9, seconds)
+    log.info("downloaded %d weight files (%.2f GB) in %.1f s while loading", len(everything),
+             sum(a.size for a in everything) / 1e9, seconds)
+
+
+def _fetch_queue(storage, queue: list[Arrival], advance: Callable[[int], None], cache: HashCache | None,
+                 failed: list[Arrival]) -> None:
+    for arrival in queue:
+        arrival.follow(lambda a=arrival: storage.stream_to(a.name, a.path), advance)
+        try:
+            arrival.wait_verified()
+        except BaseException:  # noqa: BLE001 - the readers raise it; the files after it are not needed
+            failed.append(arrival)
+            for later in queue[queue.index(arrival) + 1:]:
+                later.fail(ArtifactError(f"{later.name}: not downloaded, since {arrival.name} failed"))
+            return
+        if cache is not None:
+            cache.update({arrival.path: arrival.sha256})

@@ -21,7 +21,7 @@ import torch
 from lmi_runtime.backends.staged_read import read_weights
 from lmi_runtime.backends.llama_model import LlamaArgs, LlamaForCausalLM, UnsupportedArchitecture
 from lmi_runtime.backends.paged_cache import PagedKVCache
-from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, join
+from lmi_runtime.backends.tensor_parallel import Leader, RankGroup, artifact_degree, close, join
 from lmi_runtime.backends.tp_sharding import shard_args
 from lmi_runtime.engine.backend import Backend, ServedModel
 from lmi_runtime.engine.config import EngineConfig
@@ -198,32 +198,40 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     if args.sliding_window:
         max_len = min(max_len, args.sliding_window)  # exact attention within the window
     group = join(files, config, rank, device)  # None: one rank
-    if group is not None:
-        device, args = group.device, shard_args(args, group.world)
-        details["tensor_parallel_degree"] = str(group.world)
-    packed_wanted = _packed_wanted(config, device)
-    state, checkpoint = _weights(files, config, dtype, hf_config, device, packed_wanted)
-    if checkpoint is not None:
-        details["quantized_layers"] = checkpoint.summary()
-        log.info("quantized layers kept packed: %s", details["quantized_layers"])
-    log.info("rank %d read %d bytes of weights from %s", rank, sum(p.stat().st_size for p in files.weights),
-             ", ".join(p.relative_to(files.root).as_posix() for p in files.weights))
-    model = _build_llama(args, state, dtype, device, max_len, checkpoint.packed if checkpoint else None)
-    if at_load is not None:
-        count = quantize_layers(model.model.layers, at_load, packed=packed_wanted)
-        details["quantization"] = f"{config.quantize} (at load)"
-        details["quantized_layers"] = f"{at_load} ×{count}" + ("" if packed_wanted else " (rounded, served dense)")
-        log.info("quantized at load, round-to-nearest per channel: %s", details["quantized_layers"])
-    if group is not None:
-        model.all_reduce = group.all_reduce
-    kv = _kv_cache(args, config, dtype, device, max_len, group,
-                   files.manifest.limits.kv_cache if files.manifest is not None else None)
-    info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
-                       {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-    backend = torch_backend(model, tokenizer, info, kv, config, files.weights[0].parent)
-    if group is not None and rank == 0:
-        backend.tp = Leader(group)
-    return backend
+    try:
+        if group is not None:
+            device, args = group.device, shard_args(args, group.world)
+            details["tensor_parallel_degree"] = str(group.world)
+        packed_wanted = _packed_wanted(config, device)
+        state, checkpoint = _weights(files, config, dtype, hf_config, device, packed_wanted)
+        if checkpoint is not None:
+            details["quantized_layers"] = checkpoint.summary()
+            log.info("quantized layers kept packed: %s", details["quantized_layers"])
+        log.info("rank %d read %d bytes of weights from %s", rank, sum(p.stat().st_size for p in files.weights),
+                 ", ".join(p.relative_to(files.root).as_posix() for p in files.weights))
+        model = _build_llama(args, state, dtype, device, max_len, checkpoint.packed if checkpoint else None)
+        if at_load is not None:
+            count = quantize_layers(model.model.layers, at_load, packed=packed_wanted)
+            details["quantization"] = f"{config.quantize} (at load)"
+            details["quantized_layers"] = f"{at_load} ×{count}" + ("" if packed_wanted else " (rounded, served dense)")
+            log.info("quantized at load, round-to-nearest per channel: %s", details["quantized_layers"])
+        if group is not None:
+            model.all_reduce = group.all_reduce
+            # every rank's weights landed and checked before the first collective, which a
+            # rank left waiting on a failed download would hang
+            files.wait_arrived()
+        kv = _kv_cache(args, config, dtype, device, max_len, group,
+                       files.manifest.limits.kv_cache if files.manifest is not None else None)
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
+                           {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
+        backend = torch_backend(model, tokenizer, info, kv, config, files.weights[0].parent)
+        if group is not None and rank == 0:
+            backend.tp = Leader(group)
+        return backend
+    except BaseException:
+        if group is not None:
+            close(group, kill=True)  # rank 0's workers end now, not when this process exits
+        raise
 
 
 def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,

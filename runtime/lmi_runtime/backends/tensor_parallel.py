@@ -24,6 +24,7 @@ import atexit
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -108,8 +109,8 @@ def join(files: "ModelFiles", config: "EngineConfig", rank: int, device: torch.d
     if rank == 0:
         store = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timeout, wait_for_workers=False)
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port))
-        group.workers = [_start_worker(files.artifact or files.root, config, r, verify=files.verification is not None)
-                         for r in range(1, world)]
+        group.workers = [_start_worker(files.artifact or files.root, config, r, verify=files.verification is not None,
+                                       arriving=_arriving_for(files, r)) for r in range(1, world)]
         atexit.register(close, group)
         _wait_for_workers(store, group)
     else:
@@ -122,12 +123,20 @@ def join(files: "ModelFiles", config: "EngineConfig", rank: int, device: torch.d
     return group
 
 
-def _start_worker(root: Path, config: "EngineConfig", rank: int, verify: bool) -> subprocess.Popen:
+def _arriving_for(files: "ModelFiles", rank: int) -> dict[str, int]:
+    """A rank's weights still downloading (rank 0's downloads): manifest path -> size."""
+    own = {entry.path for entry in files.manifest.group_for_rank(rank)} if files.arriving else set()
+    return {name: arrival.size for name, arrival in files.arriving.items() if name in own}
+
+
+def _start_worker(root: Path, config: "EngineConfig", rank: int, verify: bool, arriving: dict[str, int]) -> subprocess.Popen:
     """The worker runs this same lmi_runtime (a source checkout too), with rank 0's settings
-    (checking its own shard against the manifest unless rank 0 was told to skip that)."""
+    (checking its own shard against the manifest unless rank 0 was told to skip that; the files
+    still `arriving` it follows as rank 0 downloads and checks them)."""
     here = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, **NO_MULTICAST, "LMI_TP_RANK": str(rank), "LMI_TP_ROOT": str(root),
            "LMI_TP_CONFIG": json.dumps(asdict(config)), "LMI_TP_VERIFY": "1" if verify else "0",
+           "LMI_TP_ARRIVING": json.dumps(arriving),
            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     code = "from lmi_runtime.backends.tensor_parallel import worker_main; worker_main()"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE)
@@ -144,10 +153,13 @@ def _wait_for_workers(store: dist.TCPStore, group: RankGroup) -> None:
             time.sleep(0.1)
 
 
-def close(group: RankGroup) -> None:
-    """Rank 0: tell the workers to stop and wait for them (they also stop when the pipe closes)."""
+def close(group: RankGroup, kill: bool = False) -> None:
+    """Rank 0: tell the workers to stop and wait for them (they also stop when the pipe closes);
+    `kill`: a failed start, whose workers may be anywhere in their load, not reading the pipe."""
     for proc in group.workers:
-        if proc.poll() is None:
+        if kill:
+            proc.kill()
+        elif proc.poll() is None:
             try:
                 proc.stdin.write(f"{STOP}\n".encode())
                 proc.stdin.close()
@@ -258,8 +270,14 @@ def serve_worker(backend: "TorchLlamaBackend", rank: int, commands: IO[bytes]) -
     log.info("rank %d stopping", rank)
 
 
+def _told_to_stop() -> bool:
+    """Rank 0 writes to a worker's pipe before it serves only to stop it (or closes it, exiting)."""
+    return bool(select.select([sys.stdin], [], [], 0)[0])
+
+
 def worker_main() -> None:
     """Entry of ranks 1..N-1 (started by rank 0 with its settings in the environment)."""
+    from lmi_runtime.artifact.stream import Follower
     from lmi_runtime.backends.loader import load_backend
     from lmi_runtime.engine.config import EngineConfig
     from lmi_runtime.locate import inspect_folder
@@ -268,7 +286,10 @@ def worker_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches rank 0, which stops the workers
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s")
     config = EngineConfig(**json.loads(os.environ["LMI_TP_CONFIG"]))
-    files = inspect_folder(Path(os.environ["LMI_TP_ROOT"]), verify=os.environ.get("LMI_TP_VERIFY") == "1", rank=rank)
+    root = Path(os.environ["LMI_TP_ROOT"])
+    arriving = {name: Follower(root / name, name, size, _told_to_stop)
+                for name, size in json.loads(os.environ.get("LMI_TP_ARRIVING", "{}")).items()}
+    files = inspect_folder(root, verify=os.environ.get("LMI_TP_VERIFY") == "1", rank=rank, arriving=arriving)
     backend = load_backend(files, config, rank=rank)
     files.wait_verified()  # never serve a shard that does not match the manifest
     try:
