@@ -4,15 +4,16 @@ the same artifact on local disk as the floor, all in one run against a real S3 s
 (SeaweedFS on loopback, `tests/s3server.py`) and the real s5cmd.
 
   python3 scripts/bench_s3_load.py --tokenizer DIR [--shape 1b|tiny|llama2-7b | --model FOLDER] [--device cpu|cuda]
-                                   [--rounds 2] [--out DIR]
+                                   [--tp N] [--rounds 2] [--out DIR]
 
 The artifact is a random-weight Llama of `--shape` (fp16, made on `--device`), or the Hugging
-Face folder `--model` (its files linked, not copied), published once. Each start is its
-own process with an empty serve cache, timed from before the download to a loaded backend
+Face folder `--model` (its files linked, not copied), split for `--tp` ranks (the compile
+stage's torch target; one process per rank at load, gloo on CPU), published once. Each start is
+its own process with an empty serve cache, timed from before the download to a loaded backend
 whose weights are verified (what /ping waits for): 1. `whole`: `download_artifact` (s5cmd cp,
 sha256 of the download), then load; 2. `streamed`: `open_location` (s5cmd cat into place,
-hashed as it lands) with the loader following the files; 3. `local`: the published folder
-read in place (no download). `download` alone (s5cmd cp of the same files) is shown for
+hashed as it lands) with each rank's loader following its files; 3. `local`: the published
+folder read in place (no download). `download` alone (s5cmd cp of the same files) is shown for
 reference: streaming at its best approaches max(download, local). Best of `--rounds`;
 prints the table and the ratio whole / streamed, writes bench_s3_load.json.
 """
@@ -57,7 +58,7 @@ def child(variant: str, source: str, device: str) -> None:
     start = time.perf_counter()
     if variant == "whole":
         folder, arriving = Path(os.environ["LMI_SERVE_CACHE"]) / "whole", {}
-        download_artifact(source, folder, rank=0, s3_options=S3Options.from_env())
+        download_artifact(source, folder, s3_options=S3Options.from_env())  # every rank's files
     elif variant == "streamed":
         location = open_location(source)
         folder, arriving = location.path, location.arriving
@@ -71,6 +72,8 @@ def child(variant: str, source: str, device: str) -> None:
         torch.cuda.synchronize()
     assert backend.info.vocab_size
     end = time.perf_counter()
+    if backend.tp is not None:
+        backend.tp.close()
     print(json.dumps({"seconds": end - start, "before_load_s": downloaded - start}))
 
 
@@ -84,8 +87,9 @@ def run_child(variant: str, source: str, device: str, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def build_artifact(shape: str, model: Path | None, tokenizer: Path, root: Path, device: str) -> Path:
-    """A one-rank torch artifact: config and tokenizer at the root, weights under rank0/."""
+def build_artifact(shape: str, model: Path | None, tokenizer: Path, root: Path, device: str, tp: int) -> Path:
+    """A torch artifact: config and tokenizer at the root, weights under rank{N}/ (linked for
+    one rank, split by the compile stage for more)."""
     sys.path[:0] = [str(REPO / "runtime")]
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -100,6 +104,8 @@ def build_artifact(shape: str, model: Path | None, tokenizer: Path, root: Path, 
         made.save_pretrained(root / "hf", safe_serialization=True)
         del made
         model = root / "hf"
+    if tp > 1:
+        return split_artifact(model, tokenizer, root, tp)
     (root / "art" / "rank0").mkdir(parents=True)
     for item in model.iterdir():
         weight = item.suffix == ".safetensors" or item.name.endswith(".index.json")
@@ -114,12 +120,33 @@ def build_artifact(shape: str, model: Path | None, tokenizer: Path, root: Path, 
     return root / "art"
 
 
+def split_artifact(model: Path, tokenizer: Path, root: Path, tp: int) -> Path:
+    sys.path[:0] = [str(REPO / "compile")]
+    from lmi_compile.targets import torch_target
+    from lmi_runtime.artifact.folder import build_manifest, write_manifest
+    from lmi_runtime.artifact.manifest import ModelInfo
+
+    source = root / "hf-tok"
+    source.mkdir()
+    for item in model.iterdir():
+        if item.is_file():
+            os.link(item, source / item.name)
+    for item in tokenizer.iterdir():
+        if item.name.startswith(("tokenizer", "special_tokens")) and not (source / item.name).exists():
+            (source / item.name).write_bytes(item.read_bytes())
+    torch_target.build(source, root / "art", tp_degree=tp)
+    write_manifest(root / "art", build_manifest(root / "art", model=ModelInfo(source=str(model)),
+                                                target=torch_target.describe(tp, "float16")))
+    return root / "art"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", type=Path)
     parser.add_argument("--shape", default="1b", choices=sorted(SHAPES))
     parser.add_argument("--model", type=Path, help="a Hugging Face folder to publish instead of random weights")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks the artifact is split for")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -140,7 +167,7 @@ def main() -> None:
     from lmi_runtime.storage.s5cmd import find_s5cmd
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-load-"))
-    art = build_artifact(args.shape, args.model, args.tokenizer, work, args.device)
+    art = build_artifact(args.shape, args.model, args.tokenizer, work, args.device, args.tp)
     manifest = read_manifest(art)
     weights = sum(e.size for e in manifest.all_files() if e.path.endswith(".safetensors"))
     server = s3server.S3Server(work / "s3")
@@ -156,14 +183,15 @@ def main() -> None:
                 figures[variant].append(run_child(variant, str(art) if variant == "local" else uri, args.device, env)["seconds"])
             dest = work / "dl"
             started = time.perf_counter()
-            subprocess.run([find_s5cmd(), "--endpoint-url", server.endpoint, "cp", f"{uri}/rank0/*", f"{dest}/"],
+            subprocess.run([find_s5cmd(), "--endpoint-url", server.endpoint, "cp", f"{uri}/*", f"{dest}/"],
                            env=env, check=True, capture_output=True)
             figures["download"].append(time.perf_counter() - started)
             subprocess.run(["rm", "-rf", str(dest)], check=False)
     finally:
         server.stop()
     best = {name: min(values) for name, values in figures.items()}
-    print(f"{args.model or args.shape}, {weights / 1e9:.2f} GB of weights, device {args.device}, best of {args.rounds}")
+    print(f"{args.model or args.shape}, {weights / 1e9:.2f} GB of weights, TP={args.tp}, device {args.device}, "
+          f"best of {args.rounds}")
     for name in (*VARIANTS, "download"):
         print(f"  {name:9s} {best[name]:7.2f} s   {weights / 1e9 / best[name]:6.2f} GB/s")
     ratio = best["whole"] / best["streamed"]
@@ -171,7 +199,7 @@ def main() -> None:
     print(f"  whole / streamed: {ratio:.2f}x; streamed / max(download, local): {best['streamed'] / floor:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_s3_load.json").write_text(json.dumps(
-        {"model": str(args.model or args.shape), "device": args.device, "weight_bytes": weights, "seconds": figures, "best": best,
+        {"model": str(args.model or args.shape), "device": args.device, "tp": args.tp, "weight_bytes": weights, "seconds": figures, "best": best,
          "whole_over_streamed": ratio}, indent=2))
     subprocess.run(["rm", "-rf", str(work)], check=False)
 
