@@ -6,8 +6,9 @@ against the dequantized weight; on a GPU the same cases run compiled (scripts/gp
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,9 +149,6 @@ def test_one_token_gemv_compiles_for_the_h100_without_one():
     """The interpreter runs the kernel's arithmetic, not Triton's lowering: compile each kind at
     its served tile to sm_90 machine code with the wheel's own ptxas (scripts/kernel_sass.py)."""
     pytest.importorskip("triton")
-    import importlib.util
-    from pathlib import Path
-
     from lmi_runtime.kernels import gemv
 
     path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_sass.py"
