@@ -94,7 +94,7 @@ def pull(storage: Storage, entries: list[FileEntry], dest: Path) -> TransferRepo
         report = storage.download(transfers)
         landed = [(e, t) for e, t in zip(todo, transfers) if t.local.is_file() and t.local.stat().st_size == e.size]
         same = check_files({t.local: e.wanted() for e, t in landed}, "verifying download")
-        bad = [f"{e.path} ({'content differs' if t.local.is_file() and t.local.stat().st_size == e.size else 'missing or wrong size'})"
+        bad = [f"{e.path} ({'content differs' if t.local in same else 'missing or wrong size'})"
                for e, t in zip(todo, transfers) if not same.get(t.local)]
         if bad:
             raise ArtifactError(
