@@ -18,11 +18,12 @@ takes it with its input divided by the field's power of two (the int-to-float co
 at a quarter of the FMA rate; extracting bytes first cost three more). An int4 group's zero
 point is applied once per group through the sum of its inputs: Σ s·(q−z)·x = s·(Σ q·x − z·Σ x).
 `scripts/kernel_sass.py` counts the hot loop's instructions per weight for sm_90 without a
-GPU: int4 5.2 (was 7.8 reading bytes), int8 5.7 (was 9.0), fp8 3.7 (4.6). A 7B decode step's
-matmuls at one token on the H100 with the byte-reading kernel (`bench_matmul.py --sweep-gemv`):
-fp8 2.47 ms against `quant_matmul`'s 2.88, int4-g128 2.78 against 3.05 (tile 8×1024, 2 warps),
-int8 3.03 against 2.94, so int8 stays with `quant_matmul` (`SERVED`) until the word-reading
-kernel has been timed.
+GPU: int4 4.5 (was 7.8 reading bytes), int8 5.0 (was 9.0) at the served tiles. A 7B decode
+step's matmuls at one token on the H100 (`bench_matmul.py --tokens 1 --sweep-gemv`, same run):
+int4-g128 2.03 ms against `quant_matmul`'s 3.03 (the byte-reading kernel: 2.79), int8 2.63
+against 2.90 (was 3.03, so int8 was left to `quant_matmul` before), fp8 2.43 against 2.82;
+cuBLAS fp16 4.86. fp8 keeps one reduction per tile: a [BLOCK_N, BLOCK_K] sum held to the end had
+fewer instructions but took 2.68 ms against 2.46 (one call).
 """
 
 from __future__ import annotations
@@ -141,23 +142,23 @@ if triton is not None:
                 part += _field(u_top, 255, magic, 8388608.0 + 128) * x2[None, :]
                 part += _field(u_top, 255 << 8, magic, 8388608.0 + (128 << 8)) * (x3 * (1.0 / 256))[None, :]
             acc = tl.sum(part, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        else:  # fp8: the converter is fast for it
+        else:  # fp8: the converter is fast for it; reduced every tile (see the module docstring)
             rk = tl.arange(0, BLOCK_K)
-            part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for k0 in range(0, K, BLOCK_K):
                 k = k0 + rk
                 k_ok = k < K
                 q = tl.load(q_ptr + rn[:, None] * stride_qn + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
                             other=0.0, eviction_policy="evict_first")
-                part += q.to(tl.float32) * tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :]
-            acc = tl.sum(part, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
+                acc += tl.sum(q.to(tl.float32) * tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)[None, :], axis=1)
+            acc = acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 MAGIC = 0x4B000000  # the bits of 2^23 in fp32
 QKINDS = {"int8": 1, "int4": 2, "fp8": 3}
-Q_TILES = {"int8": (4, 2048, 4), "fp8": (4, 2048, 4), "int4": (8, 1024, 2)}  # BLOCK_N, BLOCK_K (weights), warps
-SERVED = ("fp8", "int4")  # the kinds served at one token by qgemv (see the module docstring)
+# BLOCK_N, BLOCK_K (weights), warps: the H100 sweep's best tile for a 7B decode step's matmuls
+Q_TILES = {"int8": (8, 2048, 4), "fp8": (4, 2048, 4), "int4": (16, 2048, 4)}
 
 
 def qapplies(x: torch.Tensor, q: torch.Tensor, kind: str, act: str, group: int) -> bool:

@@ -3,7 +3,7 @@
 Quantized weights go through one custom op, `lmi::qlinear`, so `torch.compile` treats the
 Triton kernel as a single opaque call inside the compiled layer (fusing the norms and
 activations around it) and CUDA graphs capture it like any kernel. On CUDA it runs
-`kernels.quant_matmul`, or at one token of a weight-only fp8 or int4 layer the GEMV `kernels.gemv.qgemv`; elsewhere it dequantizes and calls `F.linear` (the reference, and the
+`kernels.quant_matmul`, or at one token of a weight-only layer the GEMV `kernels.gemv.qgemv`; elsewhere it dequantizes and calls `F.linear` (the reference, and the
 path a CPU test takes). Dense weights on CUDA go through `lmi::dense_linear`: one token to the
 GEMV of `kernels.gemv` (faster than cuBLAS there), more to cuBLAS (our tiled kernel read them no
 faster: 3.59 vs 3.62 ms for a 7B decode step's matmuls on the H200, `scripts/bench_matmul.py`).
@@ -30,7 +30,7 @@ KERNEL_MAX_TOKENS = 64
 @torch.library.custom_op("lmi::qlinear", mutates_args=())
 def qlinear(x: torch.Tensor, q: torch.Tensor, scale: Optional[torch.Tensor], zero: Optional[torch.Tensor],
             kind: str, act: str, group: int) -> torch.Tensor:
-    if kind in gemv.SERVED and gemv.qapplies(x, q, kind, act, group):  # one token of a weight-only layer
+    if gemv.qapplies(x, q, kind, act, group):  # one token of a weight-only layer
         return gemv.qgemv(x, q, scale, zero, kind, group)
     rows = quantize_activations(x.reshape(-1, x.shape[-1]), act)
     if rows.is_cuda and quant_matmul.triton is not None and rows.shape[0] <= KERNEL_MAX_TOKENS:
