@@ -10,9 +10,9 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
    mixed lengths with requests joining mid-batch;
 3. the HTTP server on CUDA answering /invocations with the same tokens;
 4. quantized layers: the matmul kernel against the dequantized weight (fp32/fp16/bf16; int8, fp8,
-   int4; decode-sized and prefill-sized inputs), and the tiny Llama quantized at load (fp8,
-   static_int8, int4) served packed with compiled layers + graphs, greedy tokens equal to the same
-   rounded weights served dense (eager, cuBLAS).
+   int4; decode-sized and prefill-sized inputs), the one-pass dequantize bit for bit, and the tiny
+   Llama quantized at load (fp8, static_int8, int4) served packed with compiled layers + graphs,
+   greedy tokens equal to the same rounded weights served dense (eager, cuBLAS).
 
 `--only quantized` runs just part 4, `--only attention` part 1, `--only engine` parts 2 and 3
 (the one-token GEMV checks with them).
@@ -102,10 +102,17 @@ def gemv_checks() -> None:
 
 
 def quant_kernel_checks() -> None:
+    from lmi_runtime.kernels import dequant
     from lmi_runtime.quant.linear import qlinear
     from lmi_runtime.quant.packed import dequantize, quantize_rtn
 
     gen = torch.Generator(device="cuda").manual_seed(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # the one-pass unpacking prefill uses
+        w = torch.randn(4096, 11008, device="cuda", generator=gen).to(dtype)
+        for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
+            packed = quantize_rtn(w, kind, group or 128)
+            same = dequant.applies(packed) and torch.equal(dequant.dense(packed, dtype), dequantize(packed, dtype))
+            check(f"one-pass dequantize {kind} g{group} {dtype} [4096 x 11008]", same, "bit for bit")
     for dtype, tol in ((torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 3e-2)):
         for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
             w = torch.randn(384, 1024, device="cuda", generator=gen).to(dtype)

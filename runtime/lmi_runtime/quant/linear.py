@@ -3,8 +3,9 @@
 Quantized weights go through one custom op, `lmi::qlinear`, so `torch.compile` treats the
 Triton kernel as a single opaque call inside the compiled layer (fusing the norms and
 activations around it) and CUDA graphs capture it like any kernel. On CUDA it runs
-`kernels.quant_matmul`, or at one token of a weight-only layer the GEMV `kernels.gemv.qgemv`; elsewhere it dequantizes and calls `F.linear` (the reference, and the
-path a CPU test takes). Dense weights on CUDA go through `lmi::dense_linear`: one token to the
+`kernels.quant_matmul`, at one token of a weight-only layer the GEMV `kernels.gemv.qgemv`, and
+above `KERNEL_MAX_TOKENS` cuBLAS over the weight `kernels.dequant` unpacks; on the CPU it
+dequantizes and calls `F.linear` (the reference). Dense weights on CUDA go through `lmi::dense_linear`: one token to the
 GEMV of `kernels.gemv` (faster than cuBLAS there), more to cuBLAS (our tiled kernel read them no
 faster: 3.59 vs 3.62 ms for a 7B decode step's matmuls on the H200, `scripts/bench_matmul.py`).
 """
@@ -17,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmi_runtime.kernels import gemv, quant_matmul
+from lmi_runtime.kernels import dequant, gemv, quant_matmul
 from lmi_runtime.quant.packed import PackedWeight, dequantize, quantize_activations
 
 
-# Above this many tokens (prefill) the weight is dequantized once and cuBLAS does the work:
+# Above this many tokens (prefill) the weight is dequantized (`kernels.dequant`) and cuBLAS does the work:
 # the fused kernel would dequantize every weight tile once per 64 tokens, and prefill is
 # compute-bound (64 concurrent 128-token prompts ran at a third of fp16's speed that way).
 KERNEL_MAX_TOKENS = 64
@@ -36,7 +37,8 @@ def qlinear(x: torch.Tensor, q: torch.Tensor, scale: Optional[torch.Tensor], zer
     if rows.is_cuda and quant_matmul.triton is not None and rows.shape[0] <= KERNEL_MAX_TOKENS:
         y = quant_matmul.matmul(rows.contiguous(), q, scale, zero, kind, group)
     else:
-        y = F.linear(rows, dequantize(PackedWeight(kind, q, scale, zero, group, act), x.dtype))
+        packed = PackedWeight(kind, q, scale, zero, group, act)
+        y = F.linear(rows, dequant.dense(packed, x.dtype) if dequant.applies(packed) else dequantize(packed, x.dtype))
     return y.reshape(*x.shape[:-1], q.shape[0])
 
 
