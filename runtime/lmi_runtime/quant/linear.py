@@ -5,9 +5,10 @@ Triton kernel as a single opaque call inside the compiled layer (fusing the norm
 activations around it) and CUDA graphs capture it like any kernel. On CUDA it runs
 `kernels.quant_matmul`, at one token of a weight-only layer the GEMV `kernels.gemv.qgemv`, and
 above `KERNEL_MAX_TOKENS` cuBLAS over the weight `kernels.dequant` unpacks; on the CPU it
-dequantizes and calls `F.linear` (the reference). Dense weights on CUDA go through `lmi::dense_linear`: one token to the
-GEMV of `kernels.gemv` (faster than cuBLAS there), more to cuBLAS (our tiled kernel read them no
-faster: 3.59 vs 3.62 ms for a 7B decode step's matmuls on the H200, `scripts/bench_matmul.py`).
+dequantizes and calls `F.linear` (the reference). Dense weights on CUDA go through
+`lmi::dense_linear`: one token to the GEMV of `kernels.gemv` (faster than cuBLAS there), more to
+cuBLAS (our tiled kernel read them no faster: 3.59 vs 3.62 ms for a 7B decode step's matmuls on
+the H200, `scripts/bench_matmul.py`).
 """
 
 from __future__ import annotations
