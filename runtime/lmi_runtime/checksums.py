@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -64,12 +64,16 @@ def sha256_range(path: Path, start: int, length: int, on_chunk=None) -> str:
     return digest.hexdigest()
 
 
+def submit_blocks(pool: ThreadPoolExecutor, path: Path, blocks: range, on_chunk=None) -> list[Future]:
+    """The digests of these blocks of the file, each a job of the pool."""
+    return [pool.submit(sha256_range, path, i * BLOCK, BLOCK, on_chunk) for i in blocks]
+
+
 def block_digests(paths: list[Path], label: str = "hashing blocks") -> dict[Path, list[str] | None]:
     """Each file's block digests, on every core; None for a file of one block or less."""
     large = [p for p in paths if p.stat().st_size > BLOCK]
     with progress_bar(label, sum(p.stat().st_size for p in large)) as advance, ThreadPoolExecutor(hashing_threads()) as pool:
-        jobs = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(block_count(p.stat().st_size))]
-                for p in large}
+        jobs = {p: submit_blocks(pool, p, range(block_count(p.stat().st_size)), advance) for p in large}
         found = {p: [job.result() for job in js] for p, js in jobs.items()}
     return {p: found.get(p) for p in paths}
 
@@ -85,8 +89,7 @@ def check_files(wanted: dict[Path, tuple[str, list[str] | None]], label: str = "
     ok: dict[Path, bool] = {}
     with progress_bar(label, sum(p.stat().st_size for p in todo)) as advance, \
             ThreadPoolExecutor(hashing_threads(spare_cores)) as pool:
-        by_blocks = {p: [pool.submit(sha256_range, p, i * BLOCK, BLOCK, advance) for i in range(len(wanted[p][1]))]
-                     for p in todo if wanted[p][1]}
+        by_blocks = {p: submit_blocks(pool, p, range(len(wanted[p][1])), advance) for p in todo if wanted[p][1]}
         whole = {p: pool.submit(sha256_file, p, advance) for p in todo if not wanted[p][1]}
         for p, jobs in by_blocks.items():
             ok[p] = len(jobs) == block_count(p.stat().st_size) and [job.result() for job in jobs] == wanted[p][1]

@@ -32,7 +32,7 @@ from typing import Callable
 from lmi_runtime.artifact.download import wanted_files
 from lmi_runtime.artifact.manifest import MANIFEST_NAME, FileEntry, Manifest
 from lmi_runtime.artifact.transfer import missing, pull
-from lmi_runtime.checksums import BLOCK, HashCache, block_count, hashing_threads, progress_bar, sha256_range
+from lmi_runtime.checksums import BLOCK, HashCache, block_count, hashing_threads, progress_bar, submit_blocks
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.storage import open_storage
 from lmi_runtime.storage.local import atomic_write
@@ -104,8 +104,8 @@ class Arrival:
                 if size > self._landed:
                     self._publish(landed=size)
                 if pool is not None:
-                    while len(checks) < block_count(self.size) and size >= min((len(checks) + 1) * BLOCK, self.size):
-                        checks.append(pool.submit(sha256_range, self.path, len(checks) * BLOCK, BLOCK, advance))
+                    whole_blocks = block_count(self.size) if size >= self.size else size // BLOCK  # landed
+                    checks += submit_blocks(pool, self.path, range(len(checks), whole_blocks), advance)
                     if not running:
                         break
                 elif hashed < size:
