@@ -6,7 +6,8 @@ Triton's wheel carries ptxas and nvdisasm, so `kernels.gemv._qgemv_kernel` compi
 machine code here. At one token the int kinds are bound by instruction issue, not memory (an SM
 issues 128 thread-instructions a clock; int4 at the H100's 3 TB/s needs 26 weights a clock per
 SM), so the count per weight is what their speed depends on until the device measures them.
-A static count, not a timing: `bench_matmul.py --sweep-gemv` on a GPU decides. `--runtime DIR`
+A static count, not a timing: `bench_matmul.py --sweep-gemv` on a GPU decides (an fp8 variant
+with a fifth fewer instructions ran 9% slower on the H100). `--runtime DIR`
 counts another checkout's kernel (its `runtime/` folder), e.g. the code before a change.
 """
 
