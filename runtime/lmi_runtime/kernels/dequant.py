@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from lmi_runtime.kernels.quant_matmul import supports_group
 from lmi_runtime.quant.packed import PackedWeight
 
 try:  # the CPU-only install has no triton; the CUDA path needs it
@@ -49,17 +50,15 @@ if triton is not None:
 
 
 def applies(w: PackedWeight) -> bool:
-    """On CUDA with triton, and int4 groups whose halves are a power of two (tl.arange)."""
-    half = w.group_size // 2
-    return triton is not None and w.q.is_cuda and (w.kind != "int4" or (half >= 1 and half & (half - 1) == 0))
+    """On CUDA with triton, and int4 groups the kernels take (powers of two: tl.arange)."""
+    return triton is not None and w.q.is_cuda and (w.kind != "int4" or supports_group(w.group_size))
 
 
 def dense(w: PackedWeight, dtype: torch.dtype) -> torch.Tensor:
     """`packed.dequantize(w, dtype)` in one kernel (`applies` must hold)."""
-    n = w.q.shape[0]
-    k = w.q.shape[1] * (2 if w.kind == "int4" else 1)
-    out = torch.empty(n, k, device=w.q.device, dtype=dtype)
     int4 = w.kind == "int4"
+    n, k = w.q.shape[0], w.q.shape[1] * (2 if int4 else 1)
+    out = torch.empty(n, k, device=w.q.device, dtype=dtype)
     grid = (triton.cdiv(n, BLOCK_N), k // w.group_size if int4 else triton.cdiv(k, BLOCK_K))
     _dequant_kernel[grid](w.q, w.scale, w.zero if int4 else w.scale, out, n, k, w.q.stride(0),
                           w.scale.stride(0), INT4=int4, GROUP=w.group_size if int4 else 0,
