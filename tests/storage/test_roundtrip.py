@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -53,7 +54,12 @@ def test_corrupted_object_is_detected(artifact, bucket, options, s3, tmp_path):
     data = bytearray((artifact / victim.path).read_bytes())
     data[100] ^= 0xFF  # same size, one flipped byte
     s3.client().put_object(Bucket=bucket, Key=f"m/{victim.path}", Body=bytes(data))
-    with pytest.raises(ArtifactError, match=f"do not match the manifest: {victim.path}"):
+    with pytest.raises(ArtifactError, match=re.escape(f"do not match the manifest: {victim.path} (content differs)")):
+        download_artifact(uri, tmp_path / "dl", s3_options=options)
+    assert not (tmp_path / "dl" / MANIFEST_NAME).exists()
+    assert not (tmp_path / "dl" / victim.path).exists()
+    s3.client().put_object(Bucket=bucket, Key=f"m/{victim.path}", Body=bytes(data[:-1]))  # one byte short
+    with pytest.raises(ArtifactError, match=re.escape(f"{victim.path} (missing or wrong size)")):
         download_artifact(uri, tmp_path / "dl", s3_options=options)
     assert not (tmp_path / "dl" / MANIFEST_NAME).exists()
     assert not (tmp_path / "dl" / victim.path).exists()
