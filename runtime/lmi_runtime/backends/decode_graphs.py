@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("lmi_runtime.graphs")
 
 
+def _pinned(rows: list, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A host tensor in pinned memory: copied with non_blocking it is queued at once, where one
+    from pageable memory may make the host wait for the step still running (CUDA stages it)."""
+    return torch.tensor(rows, dtype=dtype, pin_memory=True)
+
+
 def bucket_sizes(max_batch: int) -> list[int]:
     """1, 2, 4, 8, then every 8 up to 64, then every 32: few graphs, little padding."""
     sizes = [1, 2, 4] + list(range(8, 65, 8)) + list(range(96, max(max_batch, 1) + 32, 32))
@@ -92,9 +98,9 @@ class DecodeGraphs:
         pad = size - n  # padding rows: token 0 at position 0 of the scratch block, context 1
         last = [len(s.prompt_ids) + len(s.output_ids) - (s.seq_id not in ahead) for s in seqs]
         ids = [0 if s.seq_id in ahead else (s.output_ids or s.prompt_ids)[-1] for s in seqs]
-        host = torch.tensor([ids + [0] * pad, last + [0] * pad,
-                             [blocks.slot(s.seq_id, p) for s, p in zip(seqs, last)] + [0] * pad,
-                             [p + 1 for p in last] + [1] * pad])
+        host = _pinned([ids + [0] * pad, last + [0] * pad,
+                        [blocks.slot(s.seq_id, p) for s, p in zip(seqs, last)] + [0] * pad,
+                        [p + 1 for p in last] + [1] * pad])
         self.tokens[:, :size].copy_(host, non_blocking=True)
         self.ctx_lens[:size].copy_(self.tokens[3, :size])
         self._copy_ahead(seqs, ahead)
@@ -115,7 +121,7 @@ class DecodeGraphs:
                 dst_rows.append(row)
                 src_rows.append(src)
         for chosen, dst_rows, src_rows in sources.values():
-            index = torch.tensor([dst_rows, src_rows]).to(self.tokens.device, non_blocking=True)
+            index = _pinned([dst_rows, src_rows]).to(self.tokens.device, non_blocking=True)
             self.tokens[0].index_copy_(0, index[0], chosen[0].index_select(0, index[1]).long())
 
     def _place_tables(self, blocks: "BlockKVCacheManager", owners: list[int | None]) -> None:
@@ -126,7 +132,7 @@ class DecodeGraphs:
                 continue
             self.row_owner[row] = seq_id
             table = [0] if seq_id is None else blocks.table(seq_id)
-            self.tables[row, : len(table)].copy_(torch.tensor(table, dtype=torch.int32), non_blocking=True)
+            self.tables[row, : len(table)].copy_(_pinned(table, torch.int32), non_blocking=True)
 
     def forget_rows(self) -> None:
         """The static tables were written from outside (a benchmark): rewrite every row next time."""

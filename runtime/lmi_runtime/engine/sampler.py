@@ -92,19 +92,31 @@ def _listed(top: tuple[torch.Tensor, torch.Tensor]) -> list[TopLogprobs]:
 
 class Sampled:
     """One batch's picks, still on the device. Reading them (`picks`) is the step's one host
-    sync, so the engine can queue the next forward before it waits for this one."""
+    sync, so the engine can queue the next forward before it waits for this one.
+
+    Their copy to the host is queued here, at once, and `picks` waits on an event recorded
+    after it: a copy made when `picks` is called would queue behind the forward launched
+    meanwhile, so the host would wait for that step too and the GPU would idle while the host
+    turned tokens into text and prepared the step after."""
 
     def __init__(self, seqs: list[Sequence], chosen: torch.Tensor,
                  top: tuple[torch.Tensor, torch.Tensor] | None):
         self.seqs = seqs
-        self.chosen = chosen  # [2, n] float64: token ids, their log-probs
-        self.top = top  # values and ids of the most likely tokens, when a sequence asked for them
+        self.chosen = chosen  # [2, n] float64: token ids, their log-probs (the next step's inputs on the device)
+        # for the host, into pinned memory when from CUDA (non_blocking), so the copy is queued now
+        self._chosen = chosen.to("cpu", non_blocking=True)
+        self._top = None if top is None else (top[0].to("cpu", non_blocking=True), top[1].to("cpu", non_blocking=True))
+        self._copied = torch.cuda.Event() if chosen.is_cuda else None
+        if self._copied is not None:
+            self._copied.record()
         self._picks: list[Pick] | None = None
 
     def picks(self) -> list[Pick]:
         if self._picks is None:
-            ids, lps = self.chosen.tolist()
-            tops = _listed(self.top) if self.top is not None else [[] for _ in self.seqs]
+            if self._copied is not None:
+                self._copied.synchronize()
+            ids, lps = self._chosen.tolist()
+            tops = _listed(self._top) if self._top is not None else [[] for _ in self.seqs]
             self._picks = [
                 Pick(int(token), lp, None if seq.params.logprobs is None else top[: seq.params.logprobs])
                 for token, lp, top, seq in zip(ids, lps, tops, self.seqs)
