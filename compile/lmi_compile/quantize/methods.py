@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 
 from lmi_runtime.errors import ConfigError
-from lmi_compile.quantize.groups import GROUPED, IGNORED
+from lmi_compile.quantize.groups import IGNORED
 from lmi_compile.quantize.library import cpu_safe, llmcompressor
 
 CALIBRATED = {"awq", "gptq", "smoothquant"}
