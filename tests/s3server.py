@@ -23,6 +23,7 @@ from pathlib import Path
 ACCESS_KEY = "lmi-test-access"
 SECRET_KEY = "lmi-test-secret-key"
 REGION = "us-east-1"
+VOLUME_SLOTS = 1000
 # s3, master, volume, filer (+ their gRPC ports at +10): the fixed offsets S3-TESTING.md used.
 PORT_OFFSETS = (0, 1, 2, 3, 11, 12, 13, 14)
 
@@ -91,6 +92,11 @@ class S3Server:
             f"-master.port.grpc={p + 11}", f"-volume.port.grpc={p + 12}",
             f"-filer.port.grpc={p + 13}", f"-s3.port.grpc={p + 14}",
             "-s3.autoCreateBucket=false",
+            # a fixed number of volume slots: by default SeaweedFS takes one per GiB of free disk,
+            # every bucket claims its own volumes, and with 28 GiB free a test session ran out
+            # ("No writable volumes and no free volumes left", a 500 on every upload); volumes
+            # are not preallocated, so a slot costs no disk until it is written
+            f"-volume.max={VOLUME_SLOTS}",
         ]  # fmt: skip
 
     def start(self, timeout: float = 60.0) -> S3Server:
