@@ -84,6 +84,7 @@ class DecodeGraphs:
             with torch.cuda.graph(graph, pool=pool):
                 out = model(inputs, cache, block)
             self.graphs[n] = (graph, out)
+            log.debug("decode graph for batch %d captured at %.2f s", n, time.perf_counter() - started)
         torch.cuda.synchronize()
         self.capture_s = time.perf_counter() - started  # compiling (or loading compiled code) included
         log.info("captured %d decode graphs (batch 1..%d) in %.1f s", len(self.graphs), self.max_batch,
