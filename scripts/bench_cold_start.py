@@ -38,7 +38,7 @@ def child(folder: str, cache: str, quant: str) -> None:
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(stamp)
-    logging.getLogger("lmi_runtime.graphs").setLevel(logging.DEBUG)
+    logging.getLogger("lmi_runtime").setLevel(logging.DEBUG)
     sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
     from lmi_runtime.backends.loader import load_backend
     from lmi_runtime.engine.config import EngineConfig
