@@ -17,6 +17,7 @@ layer: GPU-NOTES.md), and one compiled graph serves every layer since weights ar
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -161,13 +162,15 @@ class TokensDynamic:
     dim, head counts, even eps), so Inductor's kernels divide by runtime values at every
     element: on the H200 the rotary kernel took 10.7 µs for a 64-token decode step and 560 µs
     (a quarter of a TB/s) for an 8,192-token prefill. Here the first call of more than one
-    token marks the token dim of `token_args` (the arguments that carry tokens) dynamic, which
-    compiles one graph with every other size constant; later counts >= 2 match its guards
-    without marking again (marking costs ~0.1 ms a tensor), one token gets its own graph."""
+    token marks the token dim of the arguments named in `tokens` (those that carry tokens)
+    dynamic, which compiles one graph with every other size constant; later counts >= 2 match
+    its guards without marking again (marking costs ~0.1 ms a tensor), one token gets its own
+    graph. Names, not positions: a renamed parameter fails here, not as a wrong guard."""
 
-    def __init__(self, fn, token_args: tuple[int, ...]):
+    def __init__(self, fn, tokens: tuple[str, ...]):
         self.compiled = torch.compile(fn, fullgraph=True)
-        self.token_args = token_args
+        params = list(inspect.signature(fn).parameters)
+        self.token_args = tuple(params.index(name) for name in tokens)
         self.marked = False
 
     def __call__(self, *args):
@@ -301,11 +304,11 @@ class LlamaForCausalLM(nn.Module):
 
     def compile_layers(self) -> None:
         """Regional compilation: one graph for each half-layer, shared by every layer."""
-        self.pre = TokensDynamic(attention_inputs, token_args=(0, 1, 6, 7))
-        self.post = TokensDynamic(attention_output_and_mlp, token_args=(0, 1))
+        self.pre = TokensDynamic(attention_inputs, tokens=("x", "delta", "cos", "sin"))
+        self.post = TokensDynamic(attention_output_and_mlp, tokens=("x", "attn"))
         if self.all_reduce is not None:
-            self.projection = TokensDynamic(attention_projection, token_args=(0,))
-            self.mlp_partial = TokensDynamic(residual_and_mlp, token_args=(0, 1))
+            self.projection = TokensDynamic(attention_projection, tokens=("attn",))
+            self.mlp_partial = TokensDynamic(residual_and_mlp, tokens=("x", "o"))
 
     @torch.no_grad()  # not inference_mode: it breaks torch.compile and CUDA-graph capture
     def forward(self, step: StepInputs, kv_cache: torch.Tensor, block_size: int) -> torch.Tensor:
