@@ -112,6 +112,19 @@ def test_artifact_problems_are_refused(artifact, tmp_path):
     assert "pickle" in err.value.hint
 
 
+def test_a_corrupt_tokenizer_is_named(smollm2_dir, tmp_path):
+    for name, text, said in (("tokenizer.json", '{"broken":', "tokenizer.json does not parse"),
+                             ("tokenizer_config.json", "[]", "tokenizer_config.json is not a JSON object")):
+        folder = tmp_path / name
+        folder.mkdir()
+        for item in smollm2_dir.iterdir():
+            (os.link if item.suffix == ".safetensors" else shutil.copy)(item, folder / item.name)
+        (folder / name).write_text(text)
+        with pytest.raises(ModelFolderError, match=said) as err:
+            load_backend(inspect_folder(folder), EngineConfig(device="cpu"))
+        assert "fetch the model again" in err.value.hint
+
+
 def test_resolve_location(tmp_path, monkeypatch):
     monkeypatch.setattr("lmi_runtime.locate.SAGEMAKER_MODEL_DIR", tmp_path / "absent")
     assert resolve_location(None, env={"HF_MODEL_ID": str(tmp_path)}) == tmp_path
