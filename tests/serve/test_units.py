@@ -83,6 +83,29 @@ def test_scheduler_rejects_when_queue_full_and_admits_fifo():
     assert sched.admit() == [seqs[2]]
 
 
+def test_scheduler_admits_prompts_within_the_step_budget():
+    sched = Scheduler(max_batch_size=8, max_queue=8, kv=Room(8))
+    seqs = [Sequence([1] * n, SamplingParams(), 4) for n in (300, 200, 100, 50)]
+    for seq in seqs:
+        sched.add(seq)
+    assert sched.admit(prompt_budget=100) == seqs[:1]  # the first joins even when longer than the budget
+    assert sched.admit(prompt_budget=300) == seqs[1:3]  # 200 + 100 fit, + 50 would not
+    assert sched.admit(prompt_budget=None) == seqs[3:]
+
+
+def test_scheduler_charges_an_extra_sample_nothing_when_its_first_joins_in_the_same_step():
+    sched = Scheduler(max_batch_size=8, max_queue=8, kv=Room(8))
+    first = Sequence([1] * 60, SamplingParams(), 4)
+    samples = [first] + [Sequence([1] * 60, SamplingParams(), 4, fork_of=first) for _ in range(2)]
+    other = Sequence([2] * 50, SamplingParams(), 4)
+    late = Sequence([1] * 60, SamplingParams(), 4, fork_of=first)
+    for seq in [*samples, other, late]:
+        sched.add(seq)
+    assert sched.admit(prompt_budget=100) == samples  # 60 + 0 + 0; the next (50) would exceed it
+    assert sched.admit(prompt_budget=100) == [other]  # a sample whose first ran before pays its prompt: 50 + 60
+    assert sched.admit(prompt_budget=100) == [late]
+
+
 def test_sampler_greedy_penalty_and_seeds():
     logits = torch.tensor([[1.0, 3.0, 2.0, -1.0], [0.5, 0.1, 0.2, 0.3]])
     greedy = Sequence([1], SamplingParams(), 4)

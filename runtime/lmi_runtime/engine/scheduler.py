@@ -1,7 +1,10 @@
 """Continuous (rolling) batching: a bounded FIFO of waiting requests and at most
 `max_batch_size` running ones. Between two decode steps, waiting requests join the batch as
-long as a slot and KV-cache room (asked of the KV-cache manager) are free; finished ones leave
-at once and give their room back."""
+long as a slot and KV-cache room (asked of the KV-cache manager) are free and, under a prompt
+budget, as long as the step's prompt tokens stay within it: every sequence admitted is prefilled
+in that step, so a burst of long prompts would otherwise hold every running stream until the
+whole burst is prefilled; with a budget it joins over several steps, a decode step between each.
+Finished sequences leave at once and give their room back."""
 
 from __future__ import annotations
 
@@ -27,17 +30,25 @@ class Scheduler:
                 raise QueueFull(self.max_queue)
             self.waiting.append(seq)
 
-    def admit(self) -> list[Sequence]:
+    def admit(self, prompt_budget: int | None = None) -> list[Sequence]:
         """Move waiting sequences into the running batch (FIFO; stops at the first that does
-        not fit, so a long request is not starved by short ones behind it)."""
-        admitted = []
+        not fit, so a long request is not starved by short ones behind it). `prompt_budget`:
+        the most prompt tokens this step prefills (None: no limit); the first sequence is
+        admitted whatever its length, so a prompt longer than the budget still gets its turn."""
+        admitted: list[Sequence] = []
+        spent = 0
         with self._lock:
             while self.waiting and len(self.running) < self.max_batch_size:
-                if not self.kv.reserve(self.waiting[0]):
+                seq = self.waiting[0]
+                cost = _prompt_cost(seq, admitted)
+                if admitted and prompt_budget is not None and spent + cost > prompt_budget:
                     break
-                seq = self.waiting.popleft()
+                if not self.kv.reserve(seq):
+                    break
+                self.waiting.popleft()
                 self.running.append(seq)
                 admitted.append(seq)
+                spent += cost
         return admitted
 
     def remove(self, seq: Sequence) -> bool:
@@ -60,3 +71,11 @@ class Scheduler:
     @property
     def num_running(self) -> int:
         return len(self.running)
+
+
+def _prompt_cost(seq: Sequence, admitted: list[Sequence]) -> int:
+    """Tokens the step prefills for `seq`: what `Backend.prefill` runs (its token list), or none
+    for an extra sample whose first sample joins in the same step (it shares that prefill)."""
+    if seq.fork_of is not None and any(s is seq.fork_of for s in admitted):
+        return 0
+    return len(seq.token_ids)
