@@ -253,7 +253,7 @@ def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pag
     from lmi_runtime.backends.torch_llama import TorchLlamaBackend
     from lmi_runtime.kernels import cache
 
-    backend = TorchLlamaBackend(model, tokenizer, info, kv)
+    backend = TorchLlamaBackend(model, tokenizer, info, kv, prefill_chunk(config))
     if kv.pool.device.type == "cuda" and not config.enforce_eager:
         kernels = cache.for_start(config.kernel_cache, weights_dir, kv.pool.device, config.recompile)
         if kernels is not None:
@@ -265,6 +265,12 @@ def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pag
             kernels.finish()
     info.details["cuda_graphs"] = str(backend.graphs is not None).lower()
     return backend
+
+
+def prefill_chunk(config: EngineConfig) -> int:
+    """Tokens per prefill forward: the torch backend's chunk, or the prompt budget when lower,
+    so that the budget bounds each forward's activations too."""
+    return min(PREFILL_CHUNK, config.max_prefill_tokens or PREFILL_CHUNK)
 
 
 def _kv_cache(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, device: torch.device,
@@ -332,7 +338,7 @@ def device_kv_plan(args: LlamaArgs, config: EngineConfig, dtype: torch.dtype, ma
     """The planner's formula on a device of `memory` bytes whose weights (and runtime) take `in_use`."""
     item = torch.finfo(dtype).bits // 8
     reserve = activation_reserve(hidden_size=args.hidden_size, intermediate_per_rank=args.intermediate_size,
-                                 vocab_size=args.vocab_size, dtype_bytes=item, max_num_tokens=PREFILL_CHUNK,
+                                 vocab_size=args.vocab_size, dtype_bytes=item, max_num_tokens=prefill_chunk(config),
                                  max_batch_size=config.max_batch_size)
     per_token = _kv_bytes_per_token(args, dtype)
     return kv_cache_plan(memory_per_device=memory, utilization=config.gpu_memory_utilization, weights_per_device=in_use,

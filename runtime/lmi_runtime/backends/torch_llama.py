@@ -5,10 +5,12 @@ CPU and CUDA.
 Prefill packs every admitted prompt into one token batch (no padding), in chunks of at most
 `prefill_chunk` tokens so a burst of long prompts never needs more activation memory than
 one chunk; a sequence longer than a chunk is prefilled over several chunks, each attending to
-what the previous ones cached. Decode runs one step over every running sequence; on CUDA
-that step is replayed from a CUDA graph captured at start for the next batch-size bucket
-(`decode_graphs.py`). Positions come from each sequence's token list, so re-running a step
-rewrites the same cache slots (idempotent, as the engine's failure isolation requires).
+what the previous ones cached. The chunk is also the per-step prompt budget it asks of the
+engine (`prefill_tokens`): about one chunk of prompts per step, a decode step between two.
+Decode runs one step over every running sequence; on CUDA that step is replayed from a CUDA
+graph captured at start for the next batch-size bucket (`decode_graphs.py`). Positions come
+from each sequence's token list, so re-running a step rewrites the same cache slots
+(idempotent, as the engine's failure isolation requires).
 Decode takes the engine's `ahead` tokens (sampled by the step before, not read yet): a graph
 step copies them on the device, so the host queues step N+1 before it waits for step N.
 """
@@ -50,7 +52,7 @@ class TorchLlamaBackend(Backend):
         self.kv = kv
         self.kv_manager = kv.blocks
         self.device = kv.pool.device
-        self.prefill_chunk = prefill_chunk
+        self.prefill_chunk = self.prefill_tokens = prefill_chunk
         self.max_blocks = math.ceil(info.max_model_len / kv.block_size)
         self.graphs = None  # DecodeGraphs once captured (CUDA only)
         self.tp = None  # tensor_parallel.Leader on rank 0 of a TP group: sends each step to the workers

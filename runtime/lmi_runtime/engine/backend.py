@@ -15,6 +15,11 @@ runner) so that a paged cache with CUDA graphs, or an engine with its own in-fli
   whose next input token is still on the device, sampled by the step before (not yet in
   `output_ids`), so the engine queues a step before it reads the last one's tokens.
 
+`prefill_tokens` is the per-step prompt budget the backend prefers when the deployment sets
+none (`EngineConfig.max_prefill_tokens`): the engine admits new sequences only while their
+prompts fit it (the first always), so a step's prefill stays about one forward long and running
+sequences are not held up by a burst of prompts. None: no budget.
+
 Both `prefill` and `decode` must be idempotent for a sequence whose token list did not change
 (the engine re-runs sequences one by one after a batch raised, to fail only the culprit), and
 must not change the cache's view of a sequence other than writing its own positions.
@@ -50,6 +55,7 @@ class Backend(ABC):
     device: torch.device
     kv_manager: KVCacheManager  # the cache room the scheduler claims and releases
     decodes_ahead: bool = False  # `decode` accepts `ahead` (see the module's docstring)
+    prefill_tokens: int | None = None  # the prompt tokens a step should prefill at most (see the module's docstring)
 
     @abstractmethod
     def prefill(self, seqs: list[Sequence]) -> torch.Tensor:

@@ -12,6 +12,7 @@ class EngineConfig:
     max_queue: int = 1000  # MAX_CONCURRENT_REQUESTS / job_queue_size: waiting requests
     max_model_len: int | None = None  # prompt + output tokens; None: min(max_position_embeddings, 4096)
     max_new_tokens: int = 30  # default when a request does not say (LMI's default)
+    max_prefill_tokens: int | None = None  # option.max_rolling_batch_prefill_tokens: prompt tokens per step; None: the backend's
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: the checkpoint's, float32 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     backend: str = "auto"  # auto | torch | transformers
@@ -33,6 +34,8 @@ class EngineConfig:
         for name in ("max_batch_size", "max_queue", "max_new_tokens", "kv_block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prefill_tokens is not None and self.max_prefill_tokens < 1:
+            raise ConfigError(f"max_prefill_tokens must be at least 1, got {self.max_prefill_tokens}")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ConfigError(f"max_model_len must be at least 2, got {self.max_model_len}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -11,8 +11,10 @@ takes time from the model's threads). A client that
 goes away closes its stream, which asks the thread to abort the sequence and free its slot
 before the next step.
 
-A step: drop aborted sequences; admit waiting ones (continuous batching); score the prompts
-that asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra
+A step: drop aborted sequences; admit waiting ones (continuous batching; with at most
+`max_prefill_tokens` prompt tokens a step, else the backend's `prefill_tokens`, so that a burst
+of long prompts joins over several steps and the running sequences decode between them); score
+the prompts that asked for prompt log-probs (`Backend.score`); prefill the newly admitted (the extra
 samples of an `n`/`best_of` request share their first sample's prefill when the backend can
 `fork`) and take their first token; queue one batched decode step + sampling over every
 running sequence (a backend that `decodes_ahead` gets the tokens the previous step sampled
@@ -181,7 +183,8 @@ class LLMEngine:
         self._drop_aborted()
         if not self.backend.decodes_ahead:
             self._take_queued()
-        admitted = self._score_prompts(self.scheduler.admit())
+        budget = self.config.max_prefill_tokens or self.backend.prefill_tokens
+        admitted = self._score_prompts(self.scheduler.admit(budget))
         if admitted:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
             for seq, sampled, row in self._sample(self._prefill(admitted)):

@@ -1,6 +1,9 @@
 """The engine for backends that pick tokens themselves (TensorRT-LLM's in-flight batching,
 Neuron's on-device sampling): our queue limits, scheduler, detokenizer, stop sequences, metrics
-and HTTP API stay as they are; only "forward + sample" is replaced by the backend's tokens."""
+and HTTP API stay as they are; only "forward + sample" is replaced by the backend's tokens.
+Admission takes no prompt budget (`max_prefill_tokens`): the libraries bound their own prompt
+steps (TensorRT-LLM's max_num_tokens is built into its engine, Neuron's context encoding runs
+a compiled shape)."""
 
 from __future__ import annotations
 
