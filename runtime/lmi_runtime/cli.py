@@ -41,6 +41,7 @@ def serve(
     port: int = typer.Option(8080, min=1, max=65535, help="Port to listen on."),
     max_batch_size: Optional[int] = typer.Option(None, help="Running sequences at most (env MAX_BATCH_SIZE, default 256)."),
     max_concurrent_requests: Optional[int] = typer.Option(None, help="Waiting requests at most (env MAX_CONCURRENT_REQUESTS, default 1000)."),
+    max_prefill_tokens: Optional[int] = typer.Option(None, help="Prompt tokens prefilled per step at most: a burst of long prompts joins over several steps while running requests decode (env MAX_BATCH_PREFILL_TOKENS; default: the artifact's plan, else 8192 on the torch backend)."),
     max_model_len: Optional[int] = typer.Option(None, help="Prompt + output tokens (env OPTION_MAX_MODEL_LEN)."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Default new tokens per request (default 30)."),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16 (env OPTION_DTYPE)."),
@@ -79,7 +80,8 @@ def serve(
     from lmi_runtime.server.loading import load_into
     from lmi_runtime.server.state import ServerState
     options = {
-        "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_model_len": max_model_len,
+        "max_batch_size": max_batch_size, "max_queue": max_concurrent_requests, "max_prefill_tokens": max_prefill_tokens,
+        "max_model_len": max_model_len,
         "max_new_tokens": max_new_tokens, "dtype": dtype, "device": device, "backend": backend,
         "kv_cache_gib": kv_cache_gib, "served_model_name": served_model_name, "trust_remote_code": trust_remote_code,
         "enforce_eager": enforce_eager, "quantized_kernels": quantized_kernels, "quantize": quantize,

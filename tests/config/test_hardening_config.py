@@ -125,6 +125,7 @@ SERVE_ERRORS = [
     (["--dtype", "float8"], {}, "--dtype='float8' (command-line option) is not valid"),
     ([], {"OPTION_MAX_MODEL_LEN": "1000000"}, "exceeds the model's max_position_embeddings 8192"),
     (["--max-batch-size", "64", "--max-concurrent-requests", "8"], {}, "is below max_rolling_batch_size"),
+    (["--max-prefill-tokens", "0"], {}, "--max-prefill-tokens='0' (command-line option) is not valid"),
 ]
 
 

@@ -185,6 +185,22 @@ def test_engine_config_cli_then_env_then_default():
         engine_config({}, env={"OPTION_KV_CACHE_GIB": "lots"})
 
 
+def test_engine_config_prefill_token_budget_from_a_flag_or_the_environment():
+    assert engine_config({}, env={}).max_prefill_tokens is None
+    assert engine_config({"max_prefill_tokens": 512}, env={}).max_prefill_tokens == 512
+    for name in ("MAX_BATCH_PREFILL_TOKENS", "OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS"):
+        assert engine_config({}, env={name: "2048"}).max_prefill_tokens == 2048
+    assert engine_config({"max_prefill_tokens": 512}, env={"MAX_BATCH_PREFILL_TOKENS": "2048"}).max_prefill_tokens == 512
+    for cli, env, named in (({"max_prefill_tokens": 0}, {}, "--max-prefill-tokens='0'"),
+                            ({}, {"MAX_BATCH_PREFILL_TOKENS": "0"}, "MAX_BATCH_PREFILL_TOKENS='0'"),
+                            ({}, {"OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS": "1.5"},
+                             "OPTION_MAX_ROLLING_BATCH_PREFILL_TOKENS='1.5'")):
+        with pytest.raises(ConfigError, match=f"{named} .* expected a whole number ≥ 1"):
+            engine_config(cli, env=env)
+    with pytest.raises(ConfigError, match="max_prefill_tokens must be at least 1"):
+        EngineConfig(max_prefill_tokens=0)
+
+
 def test_engine_config_reads_the_serving_properties_shipped_with_the_model(tmp_path):
     (tmp_path / "serving.properties").write_text("option.max_rolling_batch_size=8\njob_queue_size=64\n")
     packaged = engine_config({}, env={}, model_dir=tmp_path)

@@ -39,7 +39,7 @@ OPTION_FIELDS: dict[str, type] = {
 
 # EngineConfig field → the serving.properties key a CLI option sets (the rest: option.<field>).
 CLI_KEYS = {"max_batch_size": "option.max_rolling_batch_size", "max_queue": "job_queue_size",
-            "quantize": "option.quantize"}
+            "max_prefill_tokens": "option.max_rolling_batch_prefill_tokens", "quantize": "option.quantize"}
 CLI_FLAGS = {"max_queue": "--max-concurrent-requests"}  # EngineConfig field → its lmi-serve flag
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -96,6 +96,7 @@ def _from_serving_config(config: ServingConfig) -> dict[str, Any]:
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "enforce_eager": config.enforce_eager,
         "quantize": config.quantize,
+        "max_prefill_tokens": config.max_rolling_batch_prefill_tokens,
     }
     if config.n_positions is not None:
         values["max_model_len"] = config.n_positions
