@@ -267,7 +267,8 @@ def profile_name(recipe: Recipe, plan: Plan) -> str:
 def profile_limits(plan: Plan) -> Limits:
     """The plan's limits as the profile's one record."""
     return Limits(max_batch_size=plan.max_batch_size, max_concurrent_requests=plan.max_concurrent_requests,
-                  max_input_len=plan.max_input_len, max_total_len=plan.max_total_len, kv_cache=plan.kv_cache)
+                  max_input_len=plan.max_input_len, max_total_len=plan.max_total_len,
+                  max_num_tokens=plan.max_num_tokens, kv_cache=plan.kv_cache)
 
 
 def plan_profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantization: QuantizationInfo) -> Profile:

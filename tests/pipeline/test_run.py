@@ -59,7 +59,9 @@ def test_run_publishes_a_verified_artifact_and_reruns_from_the_cache(tmp_path, p
     assert {e.path for e in manifest.files["rank0"]} == {"rank0/model.safetensors"}
     config = json.loads((pulled / "config.json").read_text())
     assert config["quantization_config"]["format"] == "pack-quantized"
-    assert "option.max_rolling_batch_size=8\n" in (pulled / "serving.properties").read_text()
+    properties = (pulled / "serving.properties").read_text()
+    assert "option.max_rolling_batch_size=8\n" in properties
+    assert "option.max_rolling_batch_prefill_tokens=8192\n" in properties  # the planned tokens per step
     assert manifest.limits.max_batch_size == 8 and manifest.limits.kv_cache.tokens > 0  # the record it is made from
 
     again = _run(python, cli_env, s3_env, recipe)

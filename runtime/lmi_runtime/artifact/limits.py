@@ -16,7 +16,7 @@ def serving_config(profile: Profile) -> ServingConfig:
         "rolling_batch": target.backend, "dtype": target.dtype, "tensor_parallel_degree": target.tp_degree,
         "pipeline_parallel_degree": target.pp_degree, "max_rolling_batch_size": limits.max_batch_size,
         "job_queue_size": limits.max_concurrent_requests, "max_input_len": limits.max_input_len,
-        "n_positions": limits.max_total_len,
+        "n_positions": limits.max_total_len, "max_rolling_batch_prefill_tokens": limits.max_num_tokens,
         "gpu_memory_utilization": limits.kv_cache.utilization if limits.kv_cache is not None else None,
     }
     return ServingConfig(**{k: v for k, v in values.items() if v is not None})

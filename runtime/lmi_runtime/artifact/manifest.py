@@ -98,6 +98,7 @@ class Limits(BaseModel):
     max_concurrent_requests: int | None = None
     max_input_len: int | None = None
     max_total_len: int | None = None
+    max_num_tokens: int | None = None  # the planned tokens per forward step: lmi-serve's prompt budget per step
     kv_cache: KvCachePlan | None = None  # the planned budget; None: the runtime measures the device
 
 
