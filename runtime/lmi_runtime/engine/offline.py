@@ -34,10 +34,12 @@ class Completion:
         return (len(self.token_times) - 1) / (self.token_times[-1] - self.token_times[0])
 
 
-def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams,
+def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
              join_at_step: list[int] | None = None) -> list[Completion]:
-    """Run every prompt to completion; prompt i is added before step `join_at_step[i]`."""
+    """Run every prompt to completion; prompt i is added before step `join_at_step[i]`, with
+    `params` (or `params[i]`: requests of different lengths, say)."""
     joins = join_at_step or [0] * len(prompts)
+    each = params if isinstance(params, list) else [params] * len(prompts)
     results = [Completion(list(p)) for p in prompts]
 
     def sink_for(result: Completion):
@@ -55,7 +57,7 @@ def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams
         while pending and joins[pending[0]] <= step:
             i = pending.pop(0)
             results[i].arrival = time.perf_counter()
-            engine.add_request(results[i].prompt_ids, params, sink_for(results[i]))
+            engine.add_request(results[i].prompt_ids, each[i], sink_for(results[i]))
         if engine.has_work():
             engine.step()
         step += 1
