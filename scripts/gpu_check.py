@@ -8,7 +8,8 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
 2. a tiny random Llama and the bundled SmolLM2 in fp32: greedy tokens from lmi-serve's engine
    (compiled layers + CUDA graphs, and eager) equal transformers `generate`, for prompts of
    mixed lengths with requests joining mid-batch;
-3. the HTTP server on CUDA answering /invocations with the same tokens;
+3. the HTTP server on CUDA answering /invocations with the same tokens; the Llama-2-7B shape in
+   fp16 (random weights): the first 32 greedy tokens equal transformers' on the same weights;
 4. quantized layers: the matmul kernel against the dequantized weight (fp32/fp16/bf16; int8, fp8,
    int4; decode-sized and prefill-sized inputs), the one-pass dequantize bit for bit, and the tiny
    Llama quantized at load (fp8, static_int8, int4) served packed with compiled layers + graphs,
@@ -169,18 +170,30 @@ def bundled_folder(gguf: Path, out: Path) -> Path:
     return out
 
 
-def reference_tokens(folder: Path, prompts: list[list[int]], new: int) -> list[list[int]]:
+def reference_tokens(folder: Path, prompts: list[list[int]], new: int, dtype: torch.dtype = torch.float32,
+                     ours: list[list[int]] | None = None) -> tuple[list[list[int]], list[float | None]]:
+    """transformers' greedy continuations; with `ours`, also, per prompt, the margin of
+    transformers' logits at the first token where `ours` differs (its pick's logit minus ours'
+    pick's): how near a tie the difference is (None: no difference)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).cuda().eval()
-    out = []
-    for ids in prompts:
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).cuda().eval()
+    out, margins = [], []
+    for i, ids in enumerate(prompts):
         gen = model.generate(torch.tensor([ids], device="cuda"), max_new_tokens=new, do_sample=False,
                              min_new_tokens=new, pad_token_id=0)
-        out.append(gen[0, len(ids):].tolist())
+        want = gen[0, len(ids):].tolist()
+        out.append(want)
+        first = next((j for j, (a, b) in enumerate(zip(ours[i], want)) if a != b), None) if ours else None
+        if first is None:
+            margins.append(None)
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + want[:first]], device="cuda")).logits[0, -1].float()
+        margins.append((logits[want[first]] - logits[ours[i][first]]).item())
     del model
     torch.cuda.empty_cache()
-    return out
+    return out, margins
 
 
 def engine_checks(label: str, folder: Path, new: int = 24) -> None:
@@ -190,7 +203,7 @@ def engine_checks(label: str, folder: Path, new: int = 24) -> None:
     gen = torch.Generator().manual_seed(1)
     lengths = [5, 37, 1, 120, 16, 64, 9, 250]
     prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
-    want = reference_tokens(folder, prompts, new)
+    want, _ = reference_tokens(folder, prompts, new)
     for eager in (False, True):
         config = EngineConfig(device="cuda", dtype="float32", max_batch_size=8, enforce_eager=eager,
                               kv_cache_gib=1.0)
@@ -208,6 +221,35 @@ def engine_checks(label: str, folder: Path, new: int = 24) -> None:
             http_check(label, backend, config, prompts[0], want[0])
         del engine, backend
         torch.cuda.empty_cache()
+
+
+def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
+    """The Llama-2-7B shape in fp16 (random weights): the first `new` greedy tokens of the
+    engine (compiled layers + graphs, requests joining mid-batch) against transformers with
+    the same weights. Where they differ, transformers' own margin there says how near a tie
+    it was (16-bit sums in another order can flip a tie; a real fault differs by far more)."""
+    from bench_gpu import random_folder
+
+    from lmi_runtime.backends.loader import load_backend
+    from lmi_runtime.locate import inspect_folder
+
+    folder = random_folder("llama2-7b", tokenizer_dir, out, torch.float16)
+    gen = torch.Generator().manual_seed(3)
+    lengths = [5, 37, 120, 250]
+    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
+    config = EngineConfig(device="cuda", dtype="float16", max_batch_size=8, max_model_len=1024)
+    backend = load_backend(inspect_folder(folder), config)
+    backend.info.eos_token_ids = set()
+    got = generate(LLMEngine(backend, config), prompts, SamplingParams(max_new_tokens=new), join_at_step=[0, 0, 2, 5])
+    ours = [g.token_ids for g in got]
+    del backend, got
+    torch.cuda.empty_cache()
+    want, margins = reference_tokens(folder, prompts, new, torch.float16, ours)
+    for i, (mine, theirs, margin) in enumerate(zip(ours, want, margins)):
+        first = next((j for j, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+        check(f"Llama-2-7B shape fp16 graphs+compile prompt {i} ({lengths[i]} tokens): first {new} greedy == "
+              "transformers", mine == theirs,
+              "" if first is None else f"first difference at token {first}, transformers' margin there {margin:.4f}")
 
 
 def http_check(label: str, backend, config: EngineConfig, prompt_ids: list[int], want: list[int]) -> None:
@@ -255,6 +297,7 @@ def main() -> None:
         if args.only in (None, "engine"):
             gemv_checks()
             engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
+            seven_b_fp16_checks(args.tokenizer, Path(tmp) / "7b")
         if args.only in (None, "attention"):
             kernel_checks()
         if args.only is None:
