@@ -4,7 +4,6 @@ compiled code) is built on a GPU: scripts/bench_cold_start.py measures that ther
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.config.engine_settings import engine_config

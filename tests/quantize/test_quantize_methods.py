@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lmi_compile.quantize import REPORT_NAME, QuantReport, methods
+from lmi_compile.quantize import QuantReport, methods
 from lmi_compile.stages.quantize import resolve_settings
 
 # Upper bounds on relative perplexity increase on these 2048 tokens. Measured: static_int8 +0.1%,

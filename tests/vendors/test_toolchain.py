@@ -4,7 +4,6 @@ differences are warnings, one per field."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
