@@ -237,7 +237,7 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
     gen = torch.Generator().manual_seed(3)
     lengths = [5, 37, 120, 250]
     prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
-    config = EngineConfig(device="cuda", dtype="float16", max_batch_size=8, max_model_len=1024)
+    config = EngineConfig(device="cuda", dtype="float16", max_batch_size=8, max_model_len=1024, kv_cache_gib=2.0)
     backend = load_backend(inspect_folder(folder), config)
     backend.info.eos_token_ids = set()
     got = generate(LLMEngine(backend, config), prompts, SamplingParams(max_new_tokens=new), join_at_step=[0, 0, 2, 5])
