@@ -50,7 +50,8 @@ def test_serve_picks_the_runnable_profile_and_says_why(two_profiles, python, cli
     assert "serving profile torch-float32 (torch float32): compatible with" in said
     assert "not gpu: incompatible" in said
     assert "from the artifact's plan" in said  # the KV cache: the profile's planned budget
-    assert "max batch 8, queue 64, max_model_len 2048" in said  # the profile's limits record
+    # the profile's limits record
+    assert "max batch 8, queue 64, max_model_len 2048, prompt tokens per step 8192" in said
 
 
 def test_an_incompatible_or_unknown_pin_is_refused_clearly(two_profiles, python, cli_env):

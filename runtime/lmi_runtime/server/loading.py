@@ -31,12 +31,20 @@ def load_into(state: ServerState, location: Path, config: EngineConfig, verify: 
     files.wait_verified()  # never ready (/ping 200) on weights that do not match the manifest
     engine = start_engine(state, backend, config)
     log.info(
-        "loaded %s in %.1f s (%s); max batch %d, queue %d, max_model_len %d",
+        "loaded %s in %.1f s (%s); max batch %d, queue %d, max_model_len %d, prompt tokens per step %s",
         location, time.perf_counter() - started,
         ", ".join(f"{k} {v}" for k, v in backend.info.details.items()),
         config.max_batch_size, config.max_queue, backend.info.max_model_len,
+        _prompt_budget(backend, config),
     )
     return engine
+
+
+def _prompt_budget(backend: Backend | TokenBackend, config: EngineConfig) -> str:
+    """What bounds a step's prompt tokens, as the start-up log says it."""
+    if not isinstance(backend, Backend):
+        return "the engine library's"
+    return str(config.max_prefill_tokens or backend.prefill_tokens or "unbounded")
 
 
 def start_engine(state: ServerState, backend: Backend | TokenBackend, config: EngineConfig) -> AsyncEngine:
