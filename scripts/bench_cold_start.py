@@ -1,6 +1,7 @@
 """Cold start on a CUDA GPU: process start → first token, compiling at start vs loading a kernel cache.
 
   python3 scripts/bench_cold_start.py --tokenizer DIR [--model llama2-7b|tiny|FOLDER] [--quant static_int8] [--out DIR]
+      [--profile]
 
 Each start is a new process (imports included) with empty Inductor and Triton caches, so
 nothing compiled by an earlier one is reused except through the kernel cache
@@ -9,14 +10,20 @@ empty cache folder (this start compiles and saves), 3. the same folder (this sta
 Each start is split into imports, weights (reading and placing them, KV pool) and compile +
 decode-graph capture. Then the saved cache with another GPU arch in its info.json: the start must be refused, and
 its message is printed. Prints the table, writes bench_cold_start.json.
+
+`--profile` runs each start's load under cProfile and appends its 40 costliest calls (cumulative) to
+that start's log: which Python work a start spends its seconds on (the profiler slows Python-heavy
+parts such as Dynamo's tracing, so read its times as shares, and the table's times as inflated).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import logging
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -50,8 +57,14 @@ def child(folder: str, cache: str, quant: str) -> None:
     imported = time.time()
     config = EngineConfig(device="cuda", dtype="float16", max_batch_size=64, max_model_len=1024, kernel_cache=cache,
                           quantize=quant)
+    profiler = cProfile.Profile() if os.environ.get("LMI_PROFILE_START") else None
+    if profiler is not None:
+        profiler.enable()
     backend = load_backend(inspect_folder(Path(folder)), config)
     loaded = time.time()
+    if profiler is not None:
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
     capture = backend.graphs.capture_s
     generate(LLMEngine(backend, config), [list(range(100, 228))], SamplingParams(max_new_tokens=1))
     first = time.time()
@@ -64,9 +77,9 @@ def child(folder: str, cache: str, quant: str) -> None:
                       "kernel_cache": backend.info.details.get("kernel_cache", "none")}))
 
 
-def start(folder: Path, cache: str, quant: str) -> subprocess.CompletedProcess:
+def start(folder: Path, cache: str, quant: str, profile: bool = False) -> subprocess.CompletedProcess:
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
-                        "LMI_T0": repr(time.time())}
+                        "LMI_T0": repr(time.time())} | ({"LMI_PROFILE_START": "1"} if profile else {})
     return subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache", cache, "--quant", quant],
                           env=env, capture_output=True, text=True, timeout=900)
 
@@ -77,6 +90,7 @@ def main() -> None:
     parser.add_argument("--model", default="llama2-7b")
     parser.add_argument("--quant", default="none", help="lmi-serve --quantize for every start (fp8, static_int8)")
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--profile", action="store_true", help="each start's load under cProfile (see above)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,7 +110,7 @@ def main() -> None:
         cache = Path(tmp) / "kernel-cache"
         for label, setting in (("compile at start", "none"), ("compile and save the cache", str(cache)),
                                ("load the kernel cache", str(cache))):
-            done = start(folder, setting, args.quant)
+            done = start(folder, setting, args.quant, args.profile)
             (args.out / f"cold_start_{label.replace(' ', '_')}.log").write_text(done.stderr)
             if done.returncode != 0:
                 print(f"{label}: failed\n{done.stderr[-3000:]}")
