@@ -170,6 +170,11 @@ def bundled_folder(gguf: Path, out: Path) -> Path:
     return out
 
 
+def first_difference(got: list[int], want: list[int]) -> int | None:
+    """The index of the first token where two continuations part (None: they do not)."""
+    return next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), None)
+
+
 def reference_tokens(folder: Path, prompts: list[list[int]], new: int, dtype: torch.dtype = torch.float32,
                      ours: list[list[int]] | None = None) -> tuple[list[list[int]], list[float | None]]:
     """transformers' greedy continuations; with `ours`, also, per prompt, the margin of
@@ -184,7 +189,7 @@ def reference_tokens(folder: Path, prompts: list[list[int]], new: int, dtype: to
                              min_new_tokens=new, pad_token_id=0)
         want = gen[0, len(ids):].tolist()
         out.append(want)
-        first = next((j for j, (a, b) in enumerate(zip(ours[i], want)) if a != b), None) if ours else None
+        first = first_difference(ours[i], want) if ours else None
         if first is None:
             margins.append(None)
             continue
@@ -214,7 +219,7 @@ def engine_checks(label: str, folder: Path, new: int = 24) -> None:
         got = generate(engine, prompts, SamplingParams(max_new_tokens=new), join_at_step=joins)
         mode = "eager" if eager else "graphs+compile"
         for i, (g, w) in enumerate(zip(got, want)):
-            first = next((j for j, (a, b) in enumerate(zip(g.token_ids, w)) if a != b), None)
+            first = first_difference(g.token_ids, w)
             check(f"{label} {mode} prompt {i} ({lengths[i]} tokens) greedy == transformers", g.token_ids == w,
                   "" if first is None else f"first difference at token {first}")
         if not eager:
@@ -246,7 +251,7 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
     torch.cuda.empty_cache()
     want, margins = reference_tokens(folder, prompts, new, torch.float16, ours)
     for i, (mine, theirs, margin) in enumerate(zip(ours, want, margins)):
-        first = next((j for j, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+        first = first_difference(mine, theirs)
         check(f"Llama-2-7B shape fp16 graphs+compile prompt {i} ({lengths[i]} tokens): first {new} greedy == "
               "transformers", mine == theirs,
               "" if first is None else f"first difference at token {first}, transformers' margin there {margin:.4f}")
