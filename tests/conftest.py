@@ -81,8 +81,10 @@ def s3_env(s3, monkeypatch) -> dict[str, str]:
 
 
 @pytest.fixture()
-def bucket(s3, s3_env) -> str:
-    return s3.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
+def bucket(s3, s3_env):
+    name = s3.create_bucket(f"t-{uuid.uuid4().hex[:12]}")
+    yield name
+    s3.drop_bucket(name)
 
 
 @pytest.fixture(scope="session")

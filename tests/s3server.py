@@ -162,6 +162,19 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
         return name
 
+    def drop_bucket(self, name: str) -> None:
+        """Delete a bucket with everything in it. SeaweedFS deletes a non-empty bucket's volumes
+        at once, which frees their disk: a CI run whose buckets all stayed filled its disk, and
+        then every write failed with a 500. Nothing to do when a test left the server stopped."""
+        import botocore.exceptions
+
+        if self.process is None:
+            return
+        try:
+            self.client(retries=0).delete_bucket(Bucket=name)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+            pass  # already gone (a test that deleted it itself)
+
     def __enter__(self) -> S3Server:
         return self.start() if self.process is None else self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,6 +66,7 @@ class OSFailure(LmiError):
 def os_failure(err: OSError, doing: str = "") -> OSFailure:
     """One message for an OSError: what failed, on which path, and what to do (for a full
     disk: how much is free there and what to free)."""
+    err = _first_cause(err)
     path = err.filename or ""
     where = f" {path}" if path else ""
     what = f"{doing}: " if doing else ""
@@ -82,6 +84,21 @@ def os_failure(err: OSError, doing: str = "") -> OSFailure:
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OSFailure(f"{what}{reason}:{where or ' (no path given)'}", hint="check the permissions of that path, or choose a writable location")
     return OSFailure(f"{what}{reason}{where and f':{where}'}", hint="check that the path exists and is accessible, then run again")
+
+
+def _first_cause(err: OSError) -> OSError:
+    """`shutil.copytree` gathers its failures into one `shutil.Error` that keeps each cause only
+    as text ("[Errno 28] No space left on device: 'src' -> 'dst'"): the first one, as an OSError again,
+    so that it gets the message a plain copy would (it printed "Error" before)."""
+    causes = err.args[0] if isinstance(err, shutil.Error) and err.args else None
+    if not isinstance(causes, list) or not causes or len(causes[0]) != 3:
+        return err
+    _, target, why = causes[0]
+    found = re.fullmatch(r"\[Errno (\d+)\] (.*?)(?:: '(.*?)'(?: -> '(.*)')?)?", str(why), flags=re.DOTALL)
+    if not found:
+        return OSError(0, str(why), target)
+    code, reason, path, path2 = found.groups()
+    return OSError(int(code), reason, path or target, None, path2)
 
 
 def _existing_parent(path: Path) -> Path:

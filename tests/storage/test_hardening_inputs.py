@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from lmi_compile.recipe import SourceSpec
 from lmi_compile.stage_cache import StageCache, stage_key
 from lmi_compile.stages.fetch import fetch
 from lmi_compile.workdir import OWNER, PREFIX, clean_stale
-from lmi_runtime.errors import ModelFolderError
+from lmi_runtime.errors import ModelFolderError, os_failure
 from lmi_runtime.modelfolder import validate_model_folder
 
 from storage_folders import write_model
@@ -185,6 +186,17 @@ def test_a_full_disk_is_one_message_with_the_place_to_free(tmp_path, python, cli
     message = _one_message(done)
     assert f"no space left on the device holding {full_tmpfs}" in message and "hint: free space under" in message
     assert "Errno" not in message and not list(full_tmpfs.iterdir())  # and the work folder is gone
+
+
+def test_a_tree_copy_onto_a_full_disk_says_so(tmp_path, full_tmpfs, smollm2_dir):
+    """copytree gathers its failures into one shutil.Error: the message still says what a plain
+    copy's would (CI once printed only "error: Error")."""
+    with pytest.raises(shutil.Error) as caught:
+        shutil.copytree(smollm2_dir, full_tmpfs / "model")
+    failure = os_failure(caught.value)
+    assert f"no space left on the device holding {full_tmpfs}" in failure.message
+    mixed = shutil.Error([("a", str(tmp_path / "b"), "permission trouble")])
+    assert os_failure(mixed).message == f"permission trouble: {tmp_path / 'b'}"
 
 
 def test_an_offline_hub_fails_fast(tmp_path, python, cli_env):
