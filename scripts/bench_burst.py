@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "runtime"), str(REPO / "compile")]
 
-from bench_gpu import SHAPES, random_folder  # noqa: E402
+from bench_gpu import SHAPES, prompts, random_folder  # noqa: E402
 from lmi_runtime.backends.loader import load_backend  # noqa: E402
 from lmi_runtime.engine.config import EngineConfig  # noqa: E402
 from lmi_runtime.engine.engine import LLMEngine  # noqa: E402
@@ -48,11 +48,6 @@ BACKGROUND_PROMPT = 32  # tokens per background prompt
 BURST_NEW = 8  # tokens each burst request generates
 
 
-def prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(100, min(vocab, 30000), (count, length), generator=gen).tolist()
-
-
 def run(backend, args, budget: int, vocab: int) -> tuple[float, list[Completion], list[Completion]]:
     """Background streams, then the burst at step JOIN; (wall seconds, background, burst)."""
     steps = JOIN + math.ceil(args.burst * args.prompt_len / args.budget) + TAIL  # outlasts either run's burst
@@ -61,8 +56,8 @@ def run(backend, args, budget: int, vocab: int) -> tuple[float, list[Completion]
     config = EngineConfig(max_batch_size=args.background + args.burst, max_prefill_tokens=budget)
     started = time.perf_counter()
     done = generate(LLMEngine(backend, config),
-                    prompts(args.background, BACKGROUND_PROMPT, vocab, seed=1)
-                    + prompts(args.burst, args.prompt_len, vocab, seed=2),
+                    prompts(args.background, vocab, BACKGROUND_PROMPT, seed=1)
+                    + prompts(args.burst, vocab, args.prompt_len, seed=2),
                     [background] * args.background + [burst] * args.burst,
                     join_at_step=[0] * args.background + [JOIN] * args.burst)
     return time.perf_counter() - started, done[:args.background], done[args.background:]

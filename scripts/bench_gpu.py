@@ -80,9 +80,9 @@ def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
             (out / file.name).write_bytes(file.read_bytes())
 
 
-def prompts(count: int, vocab: int) -> list[list[int]]:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randint(100, min(vocab, 30000), (count, PROMPT), generator=gen).tolist()
+def prompts(count: int, vocab: int, length: int = PROMPT, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(100, min(vocab, 30000), (count, length), generator=gen).tolist()
 
 
 def bench_transformers(folder: Path, dtype: torch.dtype, vocab: int) -> dict:

@@ -133,8 +133,7 @@ def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32",),
     from lmi_runtime.locate import inspect_folder
     from lmi_runtime.quant.rtn import quantize_layers
 
-    gen = torch.Generator().manual_seed(2)
-    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in (5, 37, 1, 120, 16, 9)]
+    prompts = random_prompts([5, 37, 1, 120, 16, 9], seed=2)
     joins = [0, 0, 3, 3, 5, 9]
     for dtype in dtypes:
         for method in methods:
@@ -168,6 +167,12 @@ def bundled_folder(gguf: Path, out: Path) -> Path:
 
     _convert(gguf, out)
     return out
+
+
+def random_prompts(lengths: list[int], seed: int) -> list[list[int]]:
+    """Prompts of these lengths from one seeded generator (the same ids in every run)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
 
 
 def first_difference(got: list[int], want: list[int]) -> int | None:
@@ -205,9 +210,8 @@ def engine_checks(label: str, folder: Path, new: int = 24) -> None:
     from lmi_runtime.backends.loader import load_backend
     from lmi_runtime.locate import inspect_folder
 
-    gen = torch.Generator().manual_seed(1)
     lengths = [5, 37, 1, 120, 16, 64, 9, 250]
-    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
+    prompts = random_prompts(lengths, seed=1)
     want, _ = reference_tokens(folder, prompts, new)
     for eager in (False, True):
         config = EngineConfig(device="cuda", dtype="float32", max_batch_size=8, enforce_eager=eager,
@@ -239,9 +243,8 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
     from lmi_runtime.locate import inspect_folder
 
     folder = random_folder("llama2-7b", tokenizer_dir, out, torch.float16)
-    gen = torch.Generator().manual_seed(3)
     lengths = [5, 37, 120, 250]
-    prompts = [torch.randint(100, 30000, (n,), generator=gen).tolist() for n in lengths]
+    prompts = random_prompts(lengths, seed=3)
     config = EngineConfig(device="cuda", dtype="float16", max_batch_size=8, max_model_len=1024, kv_cache_gib=2.0)
     backend = load_backend(inspect_folder(folder), config)
     backend.info.eos_token_ids = set()
