@@ -3,10 +3,10 @@
 CPU and CUDA.
 
 Prefill packs every admitted prompt into one token batch (no padding), in chunks of at most
-`prefill_chunk` tokens so a burst of long prompts never needs more activation memory than
+`prefill_tokens` tokens so a burst of long prompts never needs more activation memory than
 one chunk; a sequence longer than a chunk is prefilled over several chunks, each attending to
 what the previous ones cached. The chunk is also the per-step prompt budget it asks of the
-engine (`prefill_tokens`): about one chunk of prompts per step, a decode step between two.
+engine: about one chunk of prompts per step, a decode step between two.
 Decode runs one step over every running sequence; on CUDA that step is replayed from a CUDA
 graph captured at start for the next batch-size bucket (`decode_graphs.py`). Positions come
 from each sequence's token list, so re-running a step rewrites the same cache slots
@@ -45,14 +45,14 @@ class TorchLlamaBackend(Backend):
     decodes_ahead = True
 
     def __init__(self, model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: PagedKVCache,
-                 prefill_chunk: int = PREFILL_CHUNK):
+                 prefill_tokens: int = PREFILL_CHUNK):
         self.model = model
         self.tokenizer = tokenizer
         self.info = info
         self.kv = kv
         self.kv_manager = kv.blocks
         self.device = kv.pool.device
-        self.prefill_chunk = self.prefill_tokens = prefill_chunk
+        self.prefill_tokens = prefill_tokens
         self.max_blocks = math.ceil(info.max_model_len / kv.block_size)
         self.graphs = None  # DecodeGraphs once captured (CUDA only)
         self.tp = None  # tensor_parallel.Leader on rank 0 of a TP group: sends each step to the workers
@@ -93,13 +93,13 @@ class TorchLlamaBackend(Backend):
             self.kv.blocks.release(scratch)
 
     def _prefill(self, prompts: list[tuple[int, list[int]]], all_logits: bool) -> list[torch.Tensor]:
-        """Pack prompts into forwards of at most `prefill_chunk` tokens, splitting a prompt
+        """Pack prompts into forwards of at most `prefill_tokens` tokens, splitting a prompt
         across forwards where it does not fit (each chunk attends to the ones cached before
         it); per prompt, in order, the logits of its last token ([1, vocab]) or of all."""
         out: list[torch.Tensor] = []
         work: list[Work] = []
         wanted: list[bool] = []  # per Work: does its logits row go to `out`?
-        room = self.prefill_chunk
+        room = self.prefill_tokens
 
         def flush() -> None:
             nonlocal work, wanted, room
@@ -109,7 +109,7 @@ class TorchLlamaBackend(Backend):
                     out.append(logits)
                 else:
                     out.extend(logits[i: i + 1] for i, keep in enumerate(wanted) if keep)
-            work, wanted, room = [], [], self.prefill_chunk
+            work, wanted, room = [], [], self.prefill_tokens
 
         for seq_id, token_ids in prompts:
             done = 0

@@ -105,6 +105,7 @@ class LLMEngine:
         self.config = config
         self.scheduler = Scheduler(config.max_batch_size, config.max_queue, backend.kv_manager)
         self.metrics = EngineMetrics(self.scheduler, registry or Registry())
+        self.prompt_budget = config.max_prefill_tokens or backend.prefill_tokens  # prompt tokens a step; None: no limit
         self._active: dict[int, _Active] = {}
         self._aborts: set[int] = set()
         self._abort_lock = threading.Lock()
@@ -183,8 +184,7 @@ class LLMEngine:
         self._drop_aborted()
         if not self.backend.decodes_ahead:
             self._take_queued()
-        budget = self.config.max_prefill_tokens or self.backend.prefill_tokens
-        admitted = self._score_prompts(self.scheduler.admit(budget))
+        admitted = self._score_prompts(self.scheduler.admit(self.prompt_budget))
         if admitted:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
             for seq, sampled, row in self._sample(self._prefill(admitted)):

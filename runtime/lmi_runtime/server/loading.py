@@ -35,16 +35,16 @@ def load_into(state: ServerState, location: Path, config: EngineConfig, verify: 
         location, time.perf_counter() - started,
         ", ".join(f"{k} {v}" for k, v in backend.info.details.items()),
         config.max_batch_size, config.max_queue, backend.info.max_model_len,
-        _prompt_budget(backend, config),
+        _prompt_budget(engine),
     )
     return engine
 
 
-def _prompt_budget(backend: Backend | TokenBackend, config: EngineConfig) -> str:
+def _prompt_budget(engine: AsyncEngine) -> str:
     """What bounds a step's prompt tokens, as the start-up log says it."""
-    if not isinstance(backend, Backend):
+    if not isinstance(engine.engine, LLMEngine):
         return "the engine library's"
-    return str(config.max_prefill_tokens or backend.prefill_tokens or "unbounded")
+    return str(engine.engine.prompt_budget or "unbounded")
 
 
 def start_engine(state: ServerState, backend: Backend | TokenBackend, config: EngineConfig) -> AsyncEngine:
