@@ -139,23 +139,12 @@ def weight_bytes(model) -> int:
 
 def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_to: Path | None = None,
                quant: str = "none") -> dict:
-    """`quant`: lmi-serve's --quantize (fp8, static_int8), or int4 groups of 128; round-to-nearest at
-    load (speed does not depend on the values)."""
+    """`quant`: see `load_quantized`."""
     config = EngineConfig(device="cuda", dtype=dtype_name, max_batch_size=CONCURRENT, enforce_eager=eager,
-                          max_model_len=1024, quantize="none" if quant == "int4" else quant)
+                          max_model_len=1024)
     started = time.perf_counter()
-    if quant == "int4":  # no at-load option (int4 wants calibration: lmi-compile's awq/gptq); same kernels
-        from lmi_runtime.backends import loader
-        from lmi_runtime.quant.rtn import quantize_layers
-
-        eager_config = EngineConfig(**{**vars(config), "quantize": "none", "enforce_eager": True})
-        backend = load_backend(inspect_folder(folder), eager_config)
-        quantize_layers(backend.model.model.layers, "int4")
-        backend = loader.torch_backend(backend.model, backend.tokenizer, backend.info, backend.kv, config)
-    else:
-        backend = load_backend(inspect_folder(folder), config)
+    backend = load_quantized(folder, config, quant)
     load_s = time.perf_counter() - started
-    backend.info.eos_token_ids = set()  # random weights: run every request to its length
     engine = LLMEngine(backend, config)
     params = SamplingParams(max_new_tokens=NEW)
     generate(engine, prompts(2, vocab), params)  # warm-up
@@ -189,6 +178,24 @@ def bench_ours(folder: Path, dtype_name: str, vocab: int, eager: bool, profile_t
     gc.collect()
     torch.cuda.empty_cache()
     return result
+
+
+def load_quantized(folder: Path, config: EngineConfig, quant: str):
+    """The torch backend over `folder`, quantized at load by `quant` (fp8, static_int8 as
+    lmi-serve's --quantize; int4: groups of 128), round-to-nearest: speed does not depend on
+    the values. Random weights: every request runs to its length (no end-of-sequence id)."""
+    if quant == "int4":  # no at-load option (int4 wants calibration: lmi-compile's awq/gptq); same kernels
+        from lmi_runtime.backends import loader
+        from lmi_runtime.quant.rtn import quantize_layers
+
+        eager_config = EngineConfig(**{**vars(config), "quantize": "none", "enforce_eager": True})
+        backend = load_backend(inspect_folder(folder), eager_config)
+        quantize_layers(backend.model.model.layers, "int4")
+        backend = loader.torch_backend(backend.model, backend.tokenizer, backend.info, backend.kv, config)
+    else:
+        backend = load_backend(inspect_folder(folder), EngineConfig(**{**vars(config), "quantize": quant}))
+    backend.info.eos_token_ids = set()
+    return backend
 
 
 def _prefill_once(backend, prompt_ids: list[int]) -> None:
