@@ -169,6 +169,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
     tokenizer = _tokenizer(files.root, config.trust_remote_code)
+    log.debug("tokenizer loaded (%s)", type(tokenizer).__name__)
     limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
     if max_len > limit:
