@@ -92,3 +92,14 @@ def test_abort_frees_the_backend_slot(tokenizer):
     engine.abort(seq.seq_id)
     engine.step()
     assert events[-1].reason == FinishReason.CANCELLED and backend.freed == [seq.seq_id]
+
+
+def test_the_library_bounds_its_own_prompts(tokenizer):
+    """No prompt budget on a vendor engine, even when the deployment sets one, and the start-up
+    line says whose bound applies."""
+    from lmi_runtime.engine.engine import AsyncEngine
+    from lmi_runtime.server.loading import _prompt_budget
+
+    engine = TokenEngine(ScriptedBackend(tokenizer, [1]), EngineConfig(max_prefill_tokens=512))
+    assert engine.prompt_budget is None
+    assert _prompt_budget(AsyncEngine(engine)) == "the engine library's"

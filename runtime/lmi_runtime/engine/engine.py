@@ -105,12 +105,15 @@ class LLMEngine:
         self.config = config
         self.scheduler = Scheduler(config.max_batch_size, config.max_queue, backend.kv_manager)
         self.metrics = EngineMetrics(self.scheduler, registry or Registry())
-        self.prompt_budget = config.max_prefill_tokens or backend.prefill_tokens  # prompt tokens a step; None: no limit
+        self.prompt_budget = self._prompt_budget()  # prompt tokens a step at most; None: no limit
         self._active: dict[int, _Active] = {}
         self._aborts: set[int] = set()
         self._abort_lock = threading.Lock()
         self._queued: dict[int, tuple[Sequence, Sampled, int]] = {}  # the decode step the GPU may still run
         self._unsent: list[_Active] = []  # states with tokens to emit, in the order they were taken
+
+    def _prompt_budget(self) -> int | None:
+        return self.config.max_prefill_tokens or self.backend.prefill_tokens
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(

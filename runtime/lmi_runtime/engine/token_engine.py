@@ -47,6 +47,9 @@ class TokenBackend(KVCacheManager):
 
 
 class TokenEngine(LLMEngine):
+    def _prompt_budget(self) -> None:
+        return None  # the library bounds its own prompt work (see the module's docstring)
+
     def step(self) -> None:
         self._drop_aborted()
         admitted = self.scheduler.admit()

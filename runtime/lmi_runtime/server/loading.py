@@ -42,7 +42,7 @@ def load_into(state: ServerState, location: Path, config: EngineConfig, verify: 
 
 def _prompt_budget(engine: AsyncEngine) -> str:
     """What bounds a step's prompt tokens, as the start-up log says it."""
-    if not isinstance(engine.engine, LLMEngine):
+    if isinstance(engine.engine, TokenEngine):
         return "the engine library's"
     return str(engine.engine.prompt_budget or "unbounded")
 
