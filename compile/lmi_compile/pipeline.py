@@ -51,6 +51,7 @@ from lmi_runtime.checksums import sha256_file
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage import open_storage
+from lmi_runtime.tokenizer import class_to_record, load_tokenizer
 from lmi_runtime.storage.base import ABSENT, Absent
 from lmi_runtime.storage.s3 import S3Options
 
@@ -148,7 +149,8 @@ def run_recipe(
         uri = output_uri(recipe)
         model_info = ModelInfo(source=recipe.source.uri, revision=recipe.source.revision,
                                architecture=(model.config.get("architectures") or [None])[0],
-                               config_digest=sha256_file(model.path / "config.json"))
+                               config_digest=sha256_file(model.path / "config.json"),
+                               tokenizer_class=_tokenizer_class(model.path, recipe, log))
         existing, version = _published(uri, model_info, s3_options)  # another model there: refused before any work
 
         if vendor:  # the vendor's build quantizes, if asked: no llm-compressor stage, no perplexity gate
@@ -281,6 +283,16 @@ def plan_profile(name: str, folder: str, plan: Plan, target: TargetInfo, quantiz
         update["kind"] = plan.hardware.kind
     target = target.model_copy(update={"hardware": target.hardware.model_copy(update=update)})
     return Profile(name=name, folder=folder, target=target, quantization=quantization, limits=profile_limits(plan))
+
+
+def _tokenizer_class(model_dir: Path, recipe: Recipe, log: Log) -> str | None:
+    """The tokenizer class AutoTokenizer chooses for the model, which the manifest records so
+    that a start imports only it (`lmi_runtime.tokenizer`); None when it does not load here."""
+    try:
+        return class_to_record(load_tokenizer(model_dir, recipe.source.trust_remote_code))
+    except Exception as err:  # the serving side then chooses through AutoTokenizer, as before
+        log(f"fetch: the tokenizer does not load here ({type(err).__name__}: {err}); a start will choose its class")
+        return None
 
 
 def _published(uri: str, model: ModelInfo, s3_options) -> tuple[Manifest | None, str | Absent]:

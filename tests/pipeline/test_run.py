@@ -54,6 +54,7 @@ def test_run_publishes_a_verified_artifact_and_reruns_from_the_cache(tmp_path, p
     manifest = download_artifact(uri, pulled)
     verify_folder(pulled, manifest)
     assert manifest.target.backend == "torch" and manifest.quantization.method == "static_int8"
+    assert manifest.model.tokenizer_class == "TokenizersBackend"  # what AutoTokenizer chose: a start imports it alone
     gate = manifest.quantization.report["perplexity"]
     assert gate["passed"] and 0 <= gate["relative_increase"] <= 0.05
     assert {e.path for e in manifest.files["rank0"]} == {"rank0/model.safetensors"}

@@ -56,6 +56,7 @@ class ModelInfo(BaseModel):
     revision: str | None = None
     architecture: str | None = None
     config_digest: str | None = None  # sha256 of the source config.json: "the same model" when adding a profile
+    tokenizer_class: str | None = None  # what AutoTokenizer chose when it was built: a start imports only it
 
 
 class QuantizationInfo(BaseModel):

@@ -30,7 +30,7 @@ from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.kv_bytes import kv_bytes_per_token
 from lmi_runtime.locate import ModelFiles
-from lmi_runtime.modelfolder import check_tokenizer
+from lmi_runtime.tokenizer import load_tokenizer
 from lmi_runtime.quant import compressed, prepacked
 from lmi_runtime.quant.compressed import Checkpoint
 from lmi_runtime.quant.packed import PackedWeight
@@ -150,25 +150,13 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     return model.to(device).eval()
 
 
-def _tokenizer(root: Path, trust_remote_code: bool):
-    """The folder's tokenizer. When it fails to load, a corrupt tokenizer file is named (the
-    fetch stage's own check), rather than a bare JSONDecodeError from inside transformers."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(root, trust_remote_code=trust_remote_code,
-                                             clean_up_tokenization_spaces=False)
-    except Exception:
-        check_tokenizer(root, str(root))
-        raise
-
-
 def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Backend:
     """`rank` > 0: a tensor-parallel worker (`files` then holds that rank's shard)."""
     hf_config = json.loads((files.root / "config.json").read_text())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
-    tokenizer = _tokenizer(files.root, config.trust_remote_code)
+    tokenizer = load_tokenizer(files.root, config.trust_remote_code,
+                               files.manifest.model.tokenizer_class if files.manifest is not None else None)
     log.debug("tokenizer loaded (%s)", type(tokenizer).__name__)
     limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
