@@ -51,9 +51,9 @@ from lmi_runtime.checksums import sha256_file
 from lmi_runtime.errors import ArtifactError
 from lmi_runtime.modelfolder import ModelDir, validate_model_folder
 from lmi_runtime.storage import open_storage
-from lmi_runtime.tokenizer import class_to_record, load_tokenizer
 from lmi_runtime.storage.base import ABSENT, Absent
 from lmi_runtime.storage.s3 import S3Options
+from lmi_runtime.tokenizer import class_to_record, load_tokenizer
 
 Log = Callable[[str], None]
 

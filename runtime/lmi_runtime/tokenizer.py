@@ -3,12 +3,13 @@
 Why: `AutoTokenizer` imports transformers' model registry to choose a class (auto_factory,
 generation, and what they import: scikit-learn, scipy and FSDP where installed). On the H100
 machine a start spent 9.6 s between its imports and its tokenizer, in a 21.4 s start from a
-kernel cache; on this project's dev install the same load took 4.1-5.5 s against 2.6-3.2 s
-through the class itself (the bundled SmolLM2 artifact, 2 CPU cores). The compile stage runs
-`AutoTokenizer` once and records the class it chose in the manifest (`ModelInfo.tokenizer_class`,
-a name transformers exports); a start then imports that class alone. A folder without a
-manifest, a tokenizer with remote code, or a name this transformers lacks goes through
-`AutoTokenizer` as before.
+kernel cache; on 2 CPU cores, loading the bundled SmolLM2 artifact took 3.7-4.0 s through
+`AutoTokenizer` against 2.3-2.5 s through the class itself with the dev tools installed, and
+2.5-2.7 against 2.0-2.1 s in a serving install (`load_backend`, 3 loads each). The compile
+stage runs `AutoTokenizer` once and records the class it chose in the manifest
+(`ModelInfo.tokenizer_class`, a name transformers exports); a start then imports that class
+alone. A folder without a manifest, a tokenizer with remote code, or a name this transformers
+lacks goes through `AutoTokenizer` as before.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 from lmi_runtime.errors import ConfigError, ModelFolderError
 from lmi_runtime.kv_bytes import kv_bytes_per_token
 from lmi_runtime.locate import ModelFiles
-from lmi_runtime.tokenizer import load_tokenizer
 from lmi_runtime.quant import compressed, prepacked
 from lmi_runtime.quant.compressed import Checkpoint
 from lmi_runtime.quant.packed import PackedWeight
 from lmi_runtime.quant.rtn import kind_at_load, quantize_layers
+from lmi_runtime.tokenizer import load_tokenizer
 
 from lmi_runtime.backends.torch_llama import PREFILL_CHUNK
 
