@@ -3,7 +3,8 @@
 Why: `AutoTokenizer` imports transformers' model registry to choose a class (auto_factory,
 generation, and what they import: scikit-learn, scipy and FSDP where installed). On the H100
 machine a start spent 9.6 s between its imports and its tokenizer, in a 21.4 s start from a
-kernel cache; on 2 CPU cores, loading the bundled SmolLM2 artifact took 3.7-4.0 s through
+kernel cache, and the tokenizer alone took 10.3-11.4 s there against 2.1-2.3 s through the
+class itself (fresh processes after `import torch`); on 2 CPU cores, loading the bundled SmolLM2 artifact took 3.7-4.0 s through
 `AutoTokenizer` against 2.3-2.5 s through the class itself with the dev tools installed, and
 2.5-2.7 against 2.0-2.1 s in a serving install (`load_backend`, 3 loads each). The compile
 stage runs `AutoTokenizer` once and records the class it chose in the manifest
