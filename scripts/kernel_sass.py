@@ -27,8 +27,8 @@ KINDS = {"int8": 1, "int4": 2, "fp8": 3}
 INSTRUCTION = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
 
 
-def signature(kernel, kind: str) -> dict:
-    """Argument types for the kernel's parameters: fp16 input and scales, `kind`'s weights."""
+def signature(kernel, kind: str, dtype: str) -> dict:
+    """Argument types for the kernel's parameters: `dtype` input and scales, `kind`'s weights."""
     types = {}
     for param in kernel.params:
         name = param.name
@@ -37,34 +37,38 @@ def signature(kernel, kind: str) -> dict:
         elif name == "q_ptr":
             types[name] = "*" + Q_TYPES[kind]
         elif name == "z_ptr":
-            types[name] = "*u8" if kind == "int4" else "*fp16"
+            types[name] = "*u8" if kind == "int4" else "*" + dtype
         elif name.endswith("_ptr"):
-            types[name] = "*fp16"
+            types[name] = "*" + dtype
         else:
             types[name] = "i32"
     return types
 
 
 def hot_loop(sass: str) -> list[str]:
-    """The instructions of the longest loop: from a label to the branch back to it."""
+    """The instructions of the first loop, from its label to the branch back to it: the main loop
+    (the half2 kernels' fallback to fp32 arithmetic, a second loop, comes after it)."""
     lines = sass.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
-    start, end = 0, -1
     for i, line in enumerate(lines):
         back = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
-        if back and labels.get(back.group(1), i) < i and i - labels[back.group(1)] > end - start:
-            start, end = labels[back.group(1)], i
-    return [m.group(1) for line in lines[start:end + 1] if (m := INSTRUCTION.search(line))]
+        if back and labels.get(back.group(1), i) < i:
+            return [m.group(1) for line in lines[labels[back.group(1)]:i + 1] if (m := INSTRUCTION.search(line))]
+    return []
 
 
-def count(kernel, kind: str, group: int, tile: tuple[int, int, int]) -> tuple[float, collections.Counter]:
+def count(kernel, kind: str, group: int, tile: tuple[int, int, int],
+          dtype: str = "fp16") -> tuple[float, collections.Counter]:
+    """Instructions per weight in the hot loop for `dtype` input ("fp16": the half2 path of the
+    int kinds; "bf16": the fp32 arithmetic), and the loop's instructions by opcode."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     block_n, block_k, warps = tile
-    types = signature(kernel, kind)
-    constexprs = {"KIND": KINDS[kind], "GROUP": group, "BLOCK_N": block_n, "BLOCK_K": block_k}
+    types = signature(kernel, kind, dtype)
+    constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype == "fp16" and kind != "fp8", "BLOCK_N": block_n,
+                  "BLOCK_K": block_k}
     # every pointer, size and stride divisible by 16, as Triton specializes a 7B layer's call
     aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params) if not p.is_constexpr}
     source = ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=aligned)
@@ -82,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", default="int4,int8,fp8")
     parser.add_argument("--group", type=int, default=128, help="int4 group size")
+    parser.add_argument("--dtypes", default="fp16,bf16", help="input dtypes (fp16: the half2 path of int4/int8)")
     parser.add_argument("--tiles", default="", help="BLOCK_NxBLOCK_KwWARPS,... (default: the served tiles)")
     parser.add_argument("--runtime", type=Path, default=REPO / "runtime", help="the runtime/ folder to count")
     args = parser.parse_args()
@@ -92,9 +97,10 @@ def main() -> None:
     for kind in args.kinds.split(","):
         tiles = [tuple(int(v) for v in re.split(r"[xw]", t)) for t in args.tiles.split(",") if t] or [gemv.Q_TILES[kind]]
         for tile in tiles:
-            per_weight, ops = count(gemv._qgemv_kernel, kind, args.group if kind == "int4" else 0, tile)
-            top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
-            print(f"  {kind:<5} {'%dx%dw%d' % tile:<11} {per_weight:5.2f}   ({top})")
+            for dtype in args.dtypes.split(","):
+                per_weight, ops = count(gemv._qgemv_kernel, kind, args.group if kind == "int4" else 0, tile, dtype)
+                top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
+                print(f"  {kind:<5} {dtype:<5} {'%dx%dw%d' % tile:<11} {per_weight:5.2f}   ({top})")
 
 
 if __name__ == "__main__":

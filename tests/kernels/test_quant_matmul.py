@@ -158,8 +158,10 @@ def test_one_token_gemv_compiles_for_the_h100_without_one():
     kernel_sass = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernel_sass)
     for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
-        per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind])
-        assert ops["FFMA"] > 0 and per_weight > 0, (kind, ops)  # the hot loop was found in the machine code
+        for dtype in ("bf16", "fp16"):  # fp16: int8 and int4 in half2 arithmetic (inline PTX)
+            per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)
+            fma = "HFMA2" if dtype == "fp16" and kind != "fp8" else "FFMA"
+            assert ops[fma] > 0 and per_weight > 0, (kind, dtype, ops)  # the hot loop was found in the machine code
 
 
 DEQUANT_INTERPRETED = """
