@@ -93,7 +93,7 @@ INTERPRETED = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 from test_paged_attention import CASES, BLOCK, make_case, dense_reference, punch
-from lmi_runtime.kernels.paged_attention import _triton_paged_attention
+from lmi_runtime.kernels.paged_attention import _ARRIVALS, _triton_paged_attention
 for name, (q_lens, ctx_lens) in CASES.items():
     for heads, kv_heads in ((4, 2), (4, 4), (6, 2)):
         for splits in (1, 3):
@@ -102,6 +102,8 @@ for name, (q_lens, ctx_lens) in CASES.items():
             got = _triton_paged_attention(q, k_holed, v_holed, new, batch, BLOCK, splits=splits)
             torch.testing.assert_close(got, dense_reference(q, k, v, batch), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close((k_holed, v_holed), (k, v))
+            # the last split of each (tile, KV head) combined them and put its count back to 0
+            assert splits == 1 or not _ARRIVALS[q.device].any(), _ARRIVALS[q.device].nonzero()
 print("ok")
 """
 
