@@ -249,10 +249,11 @@ if triton is not None:
             tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None])
         else:  # unnormalized partials; the split that finishes last combines them
             base = ((tile * tl.num_programs(1) + kv_head) * SPLITS + split) * ROWS
-            tl.store(PART + (base + row)[:, None] * D + d[None, :], acc)
+            # valid rows only: decode of a model without GQA fills 1 of the tile's 16
+            tl.store(PART + (base + row)[:, None] * D + d[None, :], acc, mask=valid[:, None])
             ml_stride = tl.num_programs(0) * tl.num_programs(1) * SPLITS * ROWS
-            tl.store(PART_ML + base + row, m_i)
-            tl.store(PART_ML + ml_stride + base + row, l_i)
+            tl.store(PART_ML + base + row, m_i, mask=valid)
+            tl.store(PART_ML + ml_stride + base + row, l_i, mask=valid)
             tl.debug_barrier()  # all of this program's partials are written before it counts itself
             count = ARRIVALS + tile * tl.num_programs(1) + kv_head
             if tl.atomic_add(count, 1, sem="acq_rel", scope="gpu") == SPLITS - 1:
@@ -270,15 +271,18 @@ if triton is not None:
         base = (tile * tl.num_programs(1) + kv_head) * SPLITS * ROWS
         m_max = tl.full([ROWS], float("-inf"), tl.float32)
         for s in tl.static_range(SPLITS):
-            m_max = tl.maximum(m_max, tl.load(PART_ML + base + s * ROWS + row, cache_modifier=".cg"))
+            m_max = tl.maximum(m_max, tl.load(PART_ML + base + s * ROWS + row, mask=valid, other=0.0,
+                                              cache_modifier=".cg"))
         m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)
         acc = tl.zeros([ROWS, D], tl.float32)
         l_sum = tl.zeros([ROWS], tl.float32)
         for s in tl.static_range(SPLITS):
-            weight = tl.exp(tl.load(PART_ML + base + s * ROWS + row, cache_modifier=".cg") - m_safe)
-            l_sum += weight * tl.load(PART_ML + ml_stride + base + s * ROWS + row, cache_modifier=".cg")
+            weight = tl.exp(tl.load(PART_ML + base + s * ROWS + row, mask=valid, other=0.0, cache_modifier=".cg")
+                            - m_safe)
+            l_sum += weight * tl.load(PART_ML + ml_stride + base + s * ROWS + row, mask=valid, other=0.0,
+                                      cache_modifier=".cg")
             acc += weight[:, None] * tl.load(PART + (base + s * ROWS + row)[:, None] * D + d[None, :],
-                                             cache_modifier=".cg")
+                                             mask=valid[:, None], other=0.0, cache_modifier=".cg")
         out = acc / tl.where(l_sum == 0.0, 1.0, l_sum)[:, None]
         o_ptrs = O + (q_start + tok)[:, None] * stride_on + (kv_head * G + head)[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=valid[:, None])
