@@ -10,9 +10,14 @@ nothing compiled by an earlier one is reused except through the kernel cache
 The starts share one Python bytecode folder (PYTHONPYCACHEPREFIX), which the first fills, as
 a deployment's image holds its packages' .pyc files: a GPU machine whose venv is read-only and
 without them spent ~5 s of every start compiling Python sources (cProfile, the H100, 2026-12-07).
-Each start is split into imports, weights (reading and placing them, KV pool) and compile +
-decode-graph capture. Then the saved cache with another GPU arch in its info.json: the start must be refused, and
-its message is printed. Prints the table, writes bench_cold_start.json.
+Each start is from an artifact, as deployed: the compile stage's torch target with its manifest,
+which names the tokenizer class AutoTokenizer chose (a start imports only that class); `--model
+FOLDER` without a manifest is made one first. The weights' digests are checked as `lmi-serve`
+checks them, before the first token; the starts share the digest cache (LMI_SERVE_CACHE), which
+the first fills, as a restart finds it. Each start is split into imports, weights (reading,
+placing and verifying them, KV pool) and compile + decode-graph capture. Then the saved cache
+with another GPU arch in its info.json: the start must be refused, and its message is printed.
+Prints the table, writes bench_cold_start.json.
 
 `--profile` runs each start's load under cProfile and appends its 40 costliest calls (cumulative) to
 that start's log: which Python work a start spends its seconds on (the profiler slows Python-heavy
@@ -63,7 +68,9 @@ def child(folder: str, cache: str, quant: str) -> None:
     profiler = cProfile.Profile() if os.environ.get("LMI_PROFILE_START") else None
     if profiler is not None:
         profiler.enable()
-    backend = load_backend(inspect_folder(Path(folder)), config)
+    files = inspect_folder(Path(folder))
+    backend = load_backend(files, config)
+    files.wait_verified()  # as the server does before it turns ready
     loaded = time.time()
     if profiler is not None:
         profiler.disable()
@@ -82,7 +89,8 @@ def child(folder: str, cache: str, quant: str) -> None:
 
 def start(folder: Path, cache: str, quant: str, bytecode: Path, profile: bool = False) -> subprocess.CompletedProcess:
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
-                        "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_T0": repr(time.time())} | (
+                        "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_SERVE_CACHE": str(bytecode.parent / "serve-cache"),
+                        "LMI_T0": repr(time.time())} | (
                             {"LMI_PROFILE_START": "1"} if profile else {})
     return subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache", cache, "--quant", quant],
                           env=env, capture_output=True, text=True, timeout=900)
@@ -102,7 +110,12 @@ def main() -> None:
         return child(args.child, args.cache, args.quant)
     import torch
 
+    sys.path.insert(0, str(REPO / "tests"))
     from bench_gpu import SHAPES, random_folder
+    from tiny_llama import torch_artifact
+
+    from lmi_runtime.artifact.folder import read_manifest
+    from lmi_runtime.artifact.manifest import MANIFEST_NAME
 
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"model": args.model, "quant": args.quant, "device": torch.cuda.get_device_name()}
@@ -111,6 +124,9 @@ def main() -> None:
         if args.model in SHAPES:
             folder = random_folder(args.model, args.tokenizer, Path(tmp) / "model", torch.float16)
             torch.cuda.empty_cache()
+        if not (folder / MANIFEST_NAME).is_file():  # starts are from an artifact, as deployed
+            folder = torch_artifact(folder, Path(tmp) / "artifact", "float16")
+        results["tokenizer_class"] = read_manifest(folder).model.tokenizer_class
         cache = Path(tmp) / "kernel-cache"
         bytecode = Path(tmp) / "pycache"
         for label, setting in (("compile and save the cache", str(cache)), ("compile at start", "none"),
@@ -137,7 +153,8 @@ def main() -> None:
                   f"{row['weights_s']:.1f} s, compile + graphs {row['compile_and_capture_s']:.1f} s, first request "
                   f"{row['first_request_s']:.1f} s; cache "
                   f"{row['kernel_cache']})  {base / row['to_first_token_s']:.2f}x faster than compiling")
-    print(f"  kernel cache size: {results['cache_mib']:.1f} MiB")
+    print(f"  kernel cache size: {results['cache_mib']:.1f} MiB; tokenizer class in the manifest: "
+          f"{results['tokenizer_class']}")
     print(f"  cache built for sm_80: exit {results['other_arch']['returncode']}: {results['other_arch']['message']}")
     (args.out / f"bench_cold_start_{Path(args.model).name}_{args.quant}.json").write_text(json.dumps(results, indent=2))
 
