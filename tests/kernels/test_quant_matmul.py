@@ -147,6 +147,18 @@ def test_one_token_gemv_matches_the_dequantized_weight_in_the_interpreter(cli_en
     interpret(cli_env, python, GEMV_INTERPRETED)
 
 
+def test_half2_arithmetic_takes_fp16_inputs_of_int_weights_only(monkeypatch):
+    """bf16 could overflow fp16 and fp8 has its own converter; int4 groups under 16 hold no word pair."""
+    from lmi_runtime.kernels.gemv import half2_applies
+
+    half, bf16 = torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.bfloat16)
+    assert half2_applies(half, "int8", 0) and half2_applies(half, "int4", 16) and half2_applies(half, "int4", 128)
+    assert not half2_applies(half, "int4", 8) and not half2_applies(half, "fp8", 0)
+    assert not half2_applies(bf16, "int8", 0) and not half2_applies(bf16, "int4", 128)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs no inline PTX
+    assert not half2_applies(half, "int8", 0)
+
+
 def test_one_token_gemv_compiles_for_the_h100_without_one():
     """The interpreter runs the kernel's arithmetic, not Triton's lowering: compile each kind at
     its served tile to sm_90 machine code with the wheel's own ptxas (scripts/kernel_sass.py)."""

@@ -318,10 +318,12 @@ def qapplies(x: torch.Tensor, q: torch.Tensor, kind: str, act: str, group: int) 
             and act == "none" and (kind != "int4" or group <= 2048) and words)  # every int4 tile holds 2048 of K
 
 
-def half2_applies(x: torch.Tensor, kind: str) -> bool:
-    """fp16 input and int weights take the half2 arithmetic; Triton's interpreter (the CPU tests)
-    runs no inline PTX, so there the fp32 path stands in."""
-    return x.dtype == torch.float16 and kind in ("int8", "int4") and os.environ.get("TRITON_INTERPRET") != "1"
+def half2_applies(x: torch.Tensor, kind: str, group: int) -> bool:
+    """fp16 input and int weights take the half2 arithmetic (int4 groups of 16 or more: a word
+    pair at least); Triton's interpreter (the CPU tests) runs no inline PTX, so there the fp32
+    path stands in."""
+    return (x.dtype == torch.float16 and (kind == "int8" or (kind == "int4" and group >= 16))
+            and os.environ.get("TRITON_INTERPRET") != "1")
 
 
 def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, kind: str,
@@ -331,7 +333,7 @@ def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     n, k = q.shape[0], x.shape[-1]
     block_n, block_k, warps = tile or q_tile(kind, n, k)
     row = x.reshape(k).contiguous()
-    half2 = half2_applies(row, kind)
+    half2 = half2_applies(row, kind, group)
     if half2 and row.data_ptr() % 4:  # read as 32-bit pairs
         row = row.clone()
     y = torch.empty(n, device=x.device, dtype=x.dtype)
