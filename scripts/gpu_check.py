@@ -110,8 +110,9 @@ def gemv_checks() -> None:
     # divided by 16), and large ones whose products overflow a half2 lane (the rows redone in fp32)
     n, k = 4096, 11008
     w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).half()
-    for label, scale, spikes, spike in (("tiny inputs (~1e-3)", 1e-3, [], 0.0), ("a massive activation (3000)", 1.0, [77], 3000.0),
-                                        ("lanes that overflow fp16 (8 inputs of 30000)", 1.0, list(range(64, 72)), 30000.0)):
+    cases = (("tiny inputs (~1e-3)", 1e-3, [], 0.0), ("a massive activation (3000)", 1.0, [77], 3000.0),
+             ("lanes that overflow fp16 (8 inputs of 30000)", 1.0, list(range(64, 72)), 30000.0))
+    for label, scale, spikes, spike in cases:
         x = torch.randn(1, k, device="cuda", generator=gen) * scale
         x[0, spikes] = spike
         x = x.half()
