@@ -247,3 +247,38 @@ def test_samples_of_one_request_share_the_prefill_when_the_backend_can_fork(back
     assert (own.prefilled, own.forked) == (1, 2)
     for sink in sinks:
         assert [e.id for e in sink[:-1]] == list(reference(prompt, 4))
+
+
+class WatchedBackend:
+    """The real backend, noting how many events the request had sent when each decode began."""
+
+    def __init__(self, inner, events: list):
+        self.inner, self.events, self.sent_at_decode = inner, events, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, seqs, ahead=None):
+        self.sent_at_decode.append(len(self.events))
+        return self.inner.decode(seqs, ahead) if ahead else self.inner.decode(seqs)
+
+
+def test_on_the_cpu_a_step_sends_the_tokens_it_made(backend, reference):
+    """Nothing runs beside a CPU forward, so holding a step's tokens back to overlap the next
+    one (as on a GPU) only delays them: the first token goes out before the decode forward,
+    and each decoded token in the step that made it (a step later, time to first token on this
+    CPU was 0.19 s against transformers' 0.08)."""
+    from lmi_runtime.engine.engine import LLMEngine
+    from lmi_runtime.engine.request import SamplingParams, TokenEvent
+
+    events: list = []
+    own = WatchedBackend(sibling_backend(backend, 2), events)
+    engine = LLMEngine(own, EngineConfig(max_batch_size=2))
+    prompt = "The capital of France is"
+    engine.add_request(own.tokenizer(prompt)["input_ids"], SamplingParams(max_new_tokens=3), events.append)
+    engine.step()
+    assert own.sent_at_decode == [1]  # the prefill's token was out before the first decode
+    assert [e.id for e in events if isinstance(e, TokenEvent)] == list(reference(prompt, 2))
+    while engine.has_work():
+        engine.step()
+    assert [e.id for e in events if isinstance(e, TokenEvent)] == list(reference(prompt, 3))

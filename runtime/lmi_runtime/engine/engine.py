@@ -22,7 +22,10 @@ without a host round trip; for others those tokens are read at the start of the 
 the previous step's tokens (the host waits for the GPU here) and end the sequences that
 reached an end token or their length; then, while the GPU runs the queued step, turn the
 tokens taken into text (stop sequences) and events. A stop sequence is so found one step late: the token queued meanwhile
-for that sequence is dropped unread (vLLM's async scheduling works the same way). A batch
+for that sequence is dropped unread (vLLM's async scheduling works the same way). On the CPU,
+where a forward runs inside the call and nothing overlaps it, the first tokens go out before
+the decode forward and a step's tokens in that step (time to first token on the bundled model,
+2 cores, one request: 80 ms against 142 a step late; tokens/s unchanged). A batch
 whose forward pass or sampling raises is re-run one sequence at a time so that only the
 failing request ends with `finish_reason="error"` while the rest of the batch carries on.
 
@@ -111,6 +114,9 @@ class LLMEngine:
         self._abort_lock = threading.Lock()
         self._queued: dict[int, tuple[Sequence, Sampled, int]] = {}  # the decode step the GPU may still run
         self._unsent: list[_Active] = []  # states with tokens to emit, in the order they were taken
+        # On the CPU a step's forward runs inside the call: nothing would overlap a queued step,
+        # so its tokens go out in the step that made them, not one step late
+        self._in_step = backend.device.type == "cpu"
 
     def _prompt_budget(self) -> int | None:
         return self.config.max_prefill_tokens or self.backend.prefill_tokens
@@ -192,12 +198,16 @@ class LLMEngine:
             self.metrics.prompt.inc(sum(len(s.prompt_ids) for s in admitted))
             for seq, sampled, row in self._sample(self._prefill(admitted)):
                 self._take(seq, sampled.picks()[row])
+            if self._in_step:  # first tokens out before the decode forward, not after it
+                self._emit_unsent()
         decoding = [s for s in self.scheduler.running if not self._queued_is_last(s)]
         launched = self._decode(decoding) if decoding else {}
         if decoding:
             self.metrics.batch.observe(len(decoding))
         self._take_queued()
         self._queued = launched
+        if self._in_step:
+            self._take_queued()
         self._emit_unsent()
 
     def _queued_is_last(self, seq: Sequence) -> bool:
