@@ -292,6 +292,7 @@ if triton is not None:
                     acc = _int8_rows(x_ptr, words, s_ptr, rn, n_ok, K, stride_qn, magic, False, BLOCK_N, BLOCK_K)
         tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
 
+
 MAGIC = 0x4B000000  # the bits of 2^23 in fp32
 QKINDS = {"int8": 1, "int4": 2, "fp8": 3}
 # BLOCK_N, BLOCK_K (weights), warps: the H100 sweep's best tile for a 7B decode step's matmuls
