@@ -61,6 +61,13 @@ def count(kernel, kind: str, group: int, tile: tuple[int, int, int],
           dtype: str = "fp16") -> tuple[float, collections.Counter]:
     """Instructions per weight in the hot loop for `dtype` input ("fp16": the half2 path of the
     int kinds; "bf16": the fp32 arithmetic), and the loop's instructions by opcode."""
+    block_n, block_k, warps = tile
+    ops = collections.Counter(hot_loop(machine_code(kernel, kind, group, tile, dtype)))
+    return sum(ops.values()) / (block_n * block_k / (32 * warps)), ops
+
+
+def machine_code(kernel, kind: str, group: int, tile: tuple[int, int, int], dtype: str = "fp16") -> str:
+    """The kernel's sm_90 SASS for `kind` weights at `tile`, launched as on the H100 (`kernels.pdl`)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -68,18 +75,16 @@ def count(kernel, kind: str, group: int, tile: tuple[int, int, int],
     block_n, block_k, warps = tile
     types = signature(kernel, kind, dtype)
     constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype == "fp16" and kind != "fp8", "BLOCK_N": block_n,
-                  "BLOCK_K": block_k}
+                  "BLOCK_K": block_k, "PDL": True}  # as the H100 launches it
     # every pointer, size and stride divisible by 16, as Triton specializes a 7B layer's call
     aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params) if not p.is_constexpr}
     source = ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=aligned)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "launch_pdl": True})
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        sass = subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
-    ops = collections.Counter(hot_loop(sass))
-    return sum(ops.values()) / (block_n * block_k / (32 * warps)), ops
+        return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
 
 
 def main() -> None:

@@ -171,9 +171,14 @@ def test_one_token_gemv_compiles_for_the_h100_without_one():
     spec.loader.exec_module(kernel_sass)
     for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
         for dtype in ("bf16", "fp16"):  # fp16: int8 and int4 in half2 arithmetic (inline PTX)
+            sass = kernel_sass.machine_code(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)
             per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)
             fma = "HFMA2" if dtype == "fp16" and kind != "fp8" else "FFMA"
             assert ops[fma] > 0 and per_weight > 0, (kind, dtype, ops)  # the hot loop was found in the machine code
+            # early launch (kernels.pdl): the weights' L2 prefetch, the next kernel's launch and the
+            # wait for this one's input, in that order, before anything is loaded
+            marks = [sass.find(op) for op in ("UBLKPF.L2", "PREEXIT", "ACQBULK", "LDG")]
+            assert -1 not in marks and marks == sorted(marks), (kind, dtype, marks)
 
 
 DEQUANT_INTERPRETED = """
