@@ -16,11 +16,12 @@ Checks, each printed as PASS/FAIL, exit code 1 on any failure:
    int4; decode-sized and prefill-sized inputs), the one-pass dequantize bit for bit, and the tiny
    Llama quantized at load (fp8, static_int8, int4) served packed with compiled layers + graphs,
    greedy tokens equal to the same rounded weights served dense (eager, cuBLAS);
-5. with --bundled-gguf: the same in fp16 on the bundled SmolLM2 (int8, int4), and part 2 on it.
+5. with --bundled-gguf: the same in fp16 and bf16 on the bundled SmolLM2 (int8, int4), and part 2
+   on it.
 
 `--only quantized` runs just part 4, `--only attention` part 1, `--only engine` parts 2 and 3
 (the one-token GEMV checks with them), `--only gemv` the one-token GEMV checks alone, `--only
-bundled` the bundled model in fp16 quantized at load (int8, int4): packed (graphs, the GEMV's
+bundled` the bundled model in fp16 and bf16 quantized at load (int8, int4): packed (graphs, the GEMV's
 half2 arithmetic) against dense, 16 greedy tokens of the CPU suite's prompts.
 """
 
@@ -106,23 +107,26 @@ def gemv_checks() -> None:
                 err = ((qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float() - want).norm() / want.norm()).item()
                 check(f"qgemv {kind} g{group} {dtype} [{n} x {k}]", qapplies(x, p.q, kind, p.act, group) and err <= tol,
                       f"relative error {err:.2e}")
-    # fp16 inputs of int weights run in half2 arithmetic: tiny inputs (near fp16's subnormals once
-    # divided by 16), and large ones whose products overflow a half2 lane (the rows redone in fp32)
+    # 16-bit inputs of int weights run in half2 arithmetic (bf16 rounded to fp16): tiny inputs
+    # (near fp16's subnormals once divided by 16), and large ones whose products overflow a half2
+    # lane or, in bf16, fp16 itself (the rows redone in fp32)
     n, k = 4096, 11008
-    w = (torch.randn(n, k, device="cuda", generator=gen) / k**0.5).half()
+    w = torch.randn(n, k, device="cuda", generator=gen) / k**0.5
     cases = (("tiny inputs (~1e-3)", 1e-3, [], 0.0), ("a massive activation (3000)", 1.0, [77], 3000.0),
-             ("lanes that overflow fp16 (8 inputs of 30000)", 1.0, list(range(64, 72)), 30000.0))
-    for label, scale, spikes, spike in cases:
-        x = torch.randn(1, k, device="cuda", generator=gen) * scale
-        x[0, spikes] = spike
-        x = x.half()
-        for kind, group in (("int8", 0), ("int4", 128)):
-            p = quantize_rtn(w, kind, group or 128)
-            want = x.float() @ dequantize(p, torch.float32).T
-            got = qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float()
-            err = ((got - want).norm() / want.norm()).item()
-            check(f"qgemv {kind} fp16 {label}", bool(torch.isfinite(got).all()) and err <= 2e-3,
-                  f"relative error {err:.2e}")
+             ("lanes that overflow fp16 (8 inputs of 30000)", 1.0, list(range(64, 72)), 30000.0),
+             ("an input beyond fp16's range (1e5)", 1.0, [500], 1e5))
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1e-2)):
+        for label, scale, spikes, spike in cases[:3] if dtype == torch.float16 else cases:
+            x = torch.randn(1, k, device="cuda", generator=gen) * scale
+            x[0, spikes] = spike
+            x = x.to(dtype)
+            for kind, group in (("int8", 0), ("int4", 128)):
+                p = quantize_rtn(w.to(dtype), kind, group or 128)
+                want = x.float() @ dequantize(p, torch.float32).T
+                got = qgemv(x, p.q, p.scale, p.zero, kind, p.group_size).float()
+                err = ((got - want).norm() / want.norm()).item()
+                check(f"qgemv {kind} {dtype} {label}", bool(torch.isfinite(got).all()) and err <= tol,
+                      f"relative error {err:.2e}")
 
 
 def quant_kernel_checks() -> None:
@@ -184,15 +188,15 @@ def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32",),
 
 
 def bundled_quantized_checks(gguf: Path, out: Path) -> None:
-    """The bundled SmolLM2 in fp16, quantized at load (int8 per channel; int4 in groups of 64),
-    served packed with compiled layers and graphs (one-token matmuls in the GEMV's half2
+    """The bundled SmolLM2 in fp16 and bf16, quantized at load (int8 per channel; int4 in groups
+    of 64), served packed with compiled layers and graphs (one-token matmuls in the GEMV's half2
     arithmetic) against the same rounded weights served dense (eager, cuBLAS): the first 16
     greedy tokens of the CPU suite's prompts (tests/quantize/test_packed_smollm2.py)."""
     from transformers import AutoTokenizer
 
     folder = bundled_folder(gguf, out)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    quantized_engine_checks(folder, new=16, dtypes=("float16",), methods=("static_int8", "int4"),
+    quantized_engine_checks(folder, new=16, dtypes=("float16", "bfloat16"), methods=("static_int8", "int4"),
                             prompts=[tokenizer(p)["input_ids"] for p in BUNDLED_PROMPTS], label="bundled SmolLM2")
 
 

@@ -59,8 +59,8 @@ def hot_loop(sass: str) -> list[str]:
 
 def count(kernel, kind: str, group: int, tile: tuple[int, int, int],
           dtype: str = "fp16") -> tuple[float, collections.Counter]:
-    """Instructions per weight in the hot loop for `dtype` input ("fp16": the half2 path of the
-    int kinds; "bf16": the fp32 arithmetic), and the loop's instructions by opcode."""
+    """Instructions per weight in the hot loop for `dtype` input ("fp16", "bf16": the half2 path
+    of the int kinds; "fp32": the fp32 arithmetic), and the loop's instructions by opcode."""
     block_n, block_k, warps = tile
     ops = collections.Counter(hot_loop(machine_code(kernel, kind, group, tile, dtype)))
     return sum(ops.values()) / (block_n * block_k / (32 * warps)), ops
@@ -74,7 +74,7 @@ def machine_code(kernel, kind: str, group: int, tile: tuple[int, int, int], dtyp
 
     block_n, block_k, warps = tile
     types = signature(kernel, kind, dtype)
-    constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype == "fp16" and kind != "fp8", "BLOCK_N": block_n,
+    constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype in ("fp16", "bf16") and kind != "fp8", "BLOCK_N": block_n,
                   "BLOCK_K": block_k, "PDL": True}  # as the H100 launches it
     # every pointer, size and stride divisible by 16, as Triton specializes a 7B layer's call
     aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params) if not p.is_constexpr}
@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", default="int4,int8,fp8")
     parser.add_argument("--group", type=int, default=128, help="int4 group size")
-    parser.add_argument("--dtypes", default="fp16,bf16", help="input dtypes (fp16: the half2 path of int4/int8)")
+    parser.add_argument("--dtypes", default="fp16,bf16,fp32", help="input dtypes (16-bit: the half2 path of int4/int8)")
     parser.add_argument("--tiles", default="", help="BLOCK_NxBLOCK_KwWARPS,... (default: the served tiles)")
     parser.add_argument("--runtime", type=Path, default=REPO / "runtime", help="the runtime/ folder to count")
     args = parser.parse_args()

@@ -147,14 +147,16 @@ def test_one_token_gemv_matches_the_dequantized_weight_in_the_interpreter(cli_en
     interpret(cli_env, python, GEMV_INTERPRETED)
 
 
-def test_half2_arithmetic_takes_fp16_inputs_of_int_weights_only(monkeypatch):
-    """bf16 could overflow fp16 and fp8 has its own converter; int4 groups under 16 hold no word pair."""
+def test_half2_arithmetic_takes_16_bit_inputs_of_int_weights_only(monkeypatch):
+    """fp8 has its own converter; int4 groups under 16 hold no word pair; fp32 inputs keep fp32."""
     from lmi_runtime.kernels.gemv import half2_applies
 
-    half, bf16 = torch.zeros(4, dtype=torch.float16), torch.zeros(4, dtype=torch.bfloat16)
-    assert half2_applies(half, "int8", 0) and half2_applies(half, "int4", 16) and half2_applies(half, "int4", 128)
-    assert not half2_applies(half, "int4", 8) and not half2_applies(half, "fp8", 0)
-    assert not half2_applies(bf16, "int8", 0) and not half2_applies(bf16, "int4", 128)
+    for dtype in (torch.float16, torch.bfloat16):  # bf16 is rounded to fp16 pairs (overflow: redone in fp32)
+        x = torch.zeros(4, dtype=dtype)
+        assert half2_applies(x, "int8", 0) and half2_applies(x, "int4", 16) and half2_applies(x, "int4", 128)
+        assert not half2_applies(x, "int4", 8) and not half2_applies(x, "fp8", 0)
+    assert not half2_applies(torch.zeros(4), "int8", 0)
+    half = torch.zeros(4, dtype=torch.float16)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter runs no inline PTX
     assert not half2_applies(half, "int8", 0)
 
@@ -170,10 +172,10 @@ def test_one_token_gemv_compiles_for_the_h100_without_one():
     kernel_sass = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernel_sass)
     for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
-        for dtype in ("bf16", "fp16"):  # fp16: int8 and int4 in half2 arithmetic (inline PTX)
+        for dtype in ("fp32", "bf16", "fp16"):  # 16-bit: int8 and int4 in half2 arithmetic (inline PTX)
             sass = kernel_sass.machine_code(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)
             per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)
-            fma = "HFMA2" if dtype == "fp16" and kind != "fp8" else "FFMA"
+            fma = "HFMA2" if dtype != "fp32" and kind != "fp8" else "FFMA"
             assert ops[fma] > 0 and per_weight > 0, (kind, dtype, ops)  # the hot loop was found in the machine code
             # early launch (kernels.pdl): the weights' L2 prefetch, the next kernel's launch and the
             # wait for this one's input, in that order, before anything is loaded
