@@ -6,9 +6,7 @@ against the dequantized weight; on a GPU the same cases run compiled (scripts/gp
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -161,16 +159,11 @@ def test_half2_arithmetic_takes_16_bit_inputs_of_int_weights_only(monkeypatch):
     assert not half2_applies(half, "int8", 0)
 
 
-def test_one_token_gemv_compiles_for_the_h100_without_one():
+def test_one_token_gemv_compiles_for_the_h100_without_one(kernel_sass):
     """The interpreter runs the kernel's arithmetic, not Triton's lowering: compile each kind at
     its served tile to sm_90 machine code with the wheel's own ptxas (scripts/kernel_sass.py)."""
-    pytest.importorskip("triton")
     from lmi_runtime.kernels import gemv
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_sass.py"
-    spec = importlib.util.spec_from_file_location("kernel_sass", path)
-    kernel_sass = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernel_sass)
     for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
         for dtype in ("fp32", "bf16", "fp16"):  # 16-bit: int8 and int4 in half2 arithmetic (inline PTX)
             sass = kernel_sass.machine_code(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)

@@ -199,9 +199,8 @@ if triton is not None:
         PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, WRITE_NEW: tl.constexpr,
         SPLITS: tl.constexpr, PDL: tl.constexpr,
     ):
-        if PDL:  # `kernels.pdl`: the next kernel may launch; q and the new key/value are the last kernel's output
+        if PDL:  # `kernels.pdl`: the next kernel may launch now
             tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
@@ -215,6 +214,8 @@ if triton is not None:
         span = tl.cdiv(tl.cdiv(last, SPLITS), BLOCK_N) * BLOCK_N  # this split's keys: [lo, hi)
         lo = split * span
         hi = tl.minimum(last, lo + span)
+        if PDL:  # the host wrote what came before; q and the new key/value are the last kernel's output
+            tl.extra.cuda.gdc_wait()
         if WRITE_NEW:  # decode: the split holding the new token writes its key/value, then reads
             if (ctx - 1 >= lo) & (ctx - 1 < hi):
                 slot = tl.load(NEW_SLOTS + q_start)
