@@ -52,7 +52,7 @@ import os
 
 import torch
 
-from lmi_runtime.kernels import pdl
+from lmi_runtime.kernels import multiprocessors, pdl
 
 try:  # the CPU-only install has no triton; the CUDA path needs it
     import triton
@@ -129,21 +129,22 @@ if triton is not None:
     _PREFETCH_PTX = tl.constexpr(PREFETCH_PTX)
 
     @triton.jit
-    def _start(rows_start, rows_end, PDL: tl.constexpr):
+    def _start(rows_start, rows_end, prefetching, PDL: tl.constexpr):
         """With programmatic dependent launch (`kernels.pdl`): fetch the program's weight rows
         [rows_start, rows_end) into L2 while the kernel before still runs (nothing writes
         weights), let the next kernel launch, then wait for the input."""
         if PDL:
-            tl.inline_asm_elementwise(_PREFETCH_PTX, "=r,l,l", [rows_start.to(tl.int64), rows_end.to(tl.int64)],
-                                      dtype=tl.int32, is_pure=False, pack=1)
+            if tl.program_id(0) < prefetching:
+                tl.inline_asm_elementwise(_PREFETCH_PTX, "=r,l,l", [rows_start.to(tl.int64), rows_end.to(tl.int64)],
+                                          dtype=tl.int32, is_pure=False, pack=1)
             tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_wn, prefetching, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      PDL: tl.constexpr):
         row0 = tl.program_id(0) * BLOCK_N
-        _start(w_ptr + row0 * stride_wn, w_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_wn + K, PDL)
+        _start(w_ptr + row0 * stride_wn, w_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_wn + K, prefetching, PDL)
         rn = row0 + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         n_ok = rn < N
@@ -325,12 +326,13 @@ if triton is not None:
         return acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, magic, KIND: tl.constexpr,
+    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, magic, prefetching, KIND: tl.constexpr,
                       GROUP: tl.constexpr, HALF2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                       PDL: tl.constexpr):
         row0 = tl.program_id(0) * BLOCK_N
         row_bytes = K // 2 if KIND == 2 else K  # q is bytes: int4 two to a byte
-        _start(q_ptr + row0 * stride_qn, q_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_qn + row_bytes, PDL)
+        _start(q_ptr + row0 * stride_qn, q_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_qn + row_bytes,
+               prefetching, PDL)
         rn = row0 + tl.arange(0, BLOCK_N)
         n_ok = rn < N
         words = q_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)  # int8 and int4 read 32-bit words
@@ -369,6 +371,11 @@ def q_tile(kind: str, n: int, k: int) -> tuple[int, int, int]:
     return Q_TILES[kind]
 
 
+def prefetching(device: torch.device) -> int:
+    """How many programs prefetch their rows (experiment: LMI_PDL_PREFETCH, default 4 a multiprocessor)."""
+    return int(os.environ.get("LMI_PDL_PREFETCH", 4 * multiprocessors(device))) if pdl(device) else 0
+
+
 def qapplies(x: torch.Tensor, q: torch.Tensor, kind: str, act: str, group: int) -> bool:
     """One row of 16-bit or fp32 input on CUDA, a weight-only kind, int4 groups a tile holds whole,
     and int8 / int4 rows that start on 32-bit words (the kernel reads them as words)."""
@@ -398,7 +405,7 @@ def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     y = torch.empty(n, device=x.device, dtype=x.dtype)
     early = pdl(x.device)
     _qgemv_kernel[(triton.cdiv(n, block_n),)](row, q, scale, zero if zero is not None else scale, y, n, k, q.stride(0),
-                                              scale.stride(0), MAGIC, KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
+                                              scale.stride(0), MAGIC, prefetching(x.device), KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
                                               HALF2=half2, BLOCK_N=block_n, BLOCK_K=block_k, PDL=early, num_warps=warps,
                                               launch_pdl=early)
     return y.reshape(*x.shape[:-1], n)
@@ -410,6 +417,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     row = x.reshape(k).contiguous()
     y = torch.empty(n, device=x.device, dtype=x.dtype)
     early = pdl(x.device)
-    _gemv_kernel[(triton.cdiv(n, BLOCK_N),)](row, weight, y, n, k, weight.stride(0), BLOCK_N=BLOCK_N,
+    _gemv_kernel[(triton.cdiv(n, BLOCK_N),)](row, weight, y, n, k, weight.stride(0), prefetching(x.device), BLOCK_N=BLOCK_N,
                                               BLOCK_K=BLOCK_K, PDL=early, num_warps=WARPS, launch_pdl=early)
     return y.reshape(*x.shape[:-1], n)
