@@ -61,34 +61,25 @@ def count(kernel, kind: str, group: int, tile: tuple[int, int, int],
           dtype: str = "fp16") -> tuple[float, collections.Counter]:
     """Instructions per weight in the hot loop for `dtype` input ("fp16", "bf16": the half2 path
     of the int kinds; "fp32": the fp32 arithmetic), and the loop's instructions by opcode."""
-    block_n, block_k, warps = tile
-    ops = collections.Counter(hot_loop(machine_code(kernel, kind, group, tile, dtype)))
-    return sum(ops.values()) / (block_n * block_k / (32 * warps)), ops
-
-
-def machine_code(kernel, kind: str, group: int, tile: tuple[int, int, int], dtype: str = "fp16") -> str:
-    """The GEMV's sm_90 SASS for `kind` weights at `tile`, launched as on the H100 (`kernels.pdl`)."""
-    block_n, block_k, warps = tile
-    constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype in ("fp16", "bf16") and kind != "fp8", "BLOCK_N": block_n,
-                  "BLOCK_K": block_k, "PDL": True}  # as the H100 launches it
-    # every pointer, size and stride divisible by 16, as Triton specializes a 7B layer's call
-    aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params) if not p.is_constexpr}
-    return sm90_sass(kernel, signature(kernel, kind, dtype), constexprs, {"num_warps": warps}, aligned)
-
-
-def sm90_sass(kernel, types: dict, constexprs: dict, options: dict, attrs: dict | None = None) -> str:
-    """Any Triton kernel's SASS for sm_90, launched early (`kernels.pdl`), by the wheel's ptxas and nvdisasm."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={**options, "launch_pdl": True})
+    block_n, block_k, warps = tile
+    types = signature(kernel, kind, dtype)
+    constexprs = {"KIND": KINDS[kind], "GROUP": group, "HALF2": dtype in ("fp16", "bf16") and kind != "fp8",
+                  "BLOCK_N": block_n, "BLOCK_K": block_k}
+    # every pointer, size and stride divisible by 16, as Triton specializes a 7B layer's call
+    aligned = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(kernel.params) if not p.is_constexpr}
+    source = ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=aligned)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     nvdisasm = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        return subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([str(nvdisasm), "-c", cubin.name], capture_output=True, text=True, check=True).stdout
+    ops = collections.Counter(hot_loop(sass))
+    return sum(ops.values()) / (block_n * block_k / (32 * warps)), ops
 
 
 def main() -> None:

@@ -114,22 +114,3 @@ def test_triton_kernel_matches_dense_attention_in_the_interpreter(cli_env, pytho
     script = INTERPRETED.format(tests=os.path.dirname(__file__))
     done = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
-
-
-def test_decode_kernel_waits_for_the_kernel_before_only_to_read_its_output(kernel_sass):
-    """Launched early on sm_90 (`kernels.pdl`), a decode program lets the next kernel launch,
-    reads what the host wrote (tiles, lengths), and waits before it reads q or the new key/value
-    or writes anything: a store before the wait could land on memory the kernel before still reads."""
-    from lmi_runtime.kernels.paged_attention import _paged_attention_kernel as kernel
-
-    data = {"Q": "*fp16", "K": "*fp16", "V": "*fp16", "O": "*fp16", "K_NEW": "*fp16", "V_NEW": "*fp16",
-            "NEW_SLOTS": "*i64", "PART": "*fp32", "PART_ML": "*fp32", "scale": "fp32"}
-    types = {p.name: "constexpr" if p.is_constexpr else "i32" if p.name.startswith("stride") else data.get(p.name, "*i32")
-             for p in kernel.params}  # the rest: int32 tables (block tables, lengths, arrival counts)
-    meta = dict(G=1, GP=1, BLOCK_Q=1, ROWS=16, D=128, PAGE=16, BLOCK_N=64, PRECISION="tf32", WRITE_NEW=True,
-                SPLITS=8, PDL=True)
-    sass = [line for line in kernel_sass.sm90_sass(kernel, types, meta, {"num_warps": 4}).splitlines() if "/*0" in line]
-    at = {op: next(i for i, line in enumerate(sass) if op in line) for op in ("PREEXIT", "ACQBULK", "STG")}
-    assert at["PREEXIT"] < at["ACQBULK"] < at["STG"], at
-    early_loads = [line for line in sass[:at["ACQBULK"]] if "LDG" in line]
-    assert early_loads and all("LDG.E " in line for line in early_loads), early_loads  # 32-bit: the host's ints

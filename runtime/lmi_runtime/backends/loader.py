@@ -247,7 +247,6 @@ def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pag
         kernels = cache.for_start(config.kernel_cache, weights_dir, kv.pool.device, config.recompile)
         if kernels is not None:
             info.details["kernel_cache"] = "loaded" if kernels.begin() else "built"
-        _inductor_pdl(kv.pool.device)
         model.compile_layers()
         backend.graphs = DecodeGraphs(backend, config.max_batch_size)
         backend.graphs.capture(backend)
@@ -255,17 +254,6 @@ def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pag
             kernels.finish()
     info.details["cuda_graphs"] = str(backend.graphs is not None).lower()
     return backend
-
-
-def _inductor_pdl(device: torch.device) -> None:
-    """Inductor's kernels (norms, rotary, SiLU) launch early and wait too (`kernels.pdl`), from
-    torch 2.10 on: an early launch only helps when both kernels of a pair take part."""
-    from torch._inductor import config
-
-    from lmi_runtime.kernels import pdl
-
-    if hasattr(config.triton, "enable_pdl"):
-        config.triton.enable_pdl = pdl(device)
 
 
 def prefill_chunk(config: EngineConfig) -> int:

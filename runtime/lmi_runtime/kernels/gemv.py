@@ -40,10 +40,6 @@ already); int4's tiles differ for long rows and narrow layers (`q_tile`). bf16 i
 same path: each input pair is widened and rounded to an fp16 pair once per column (exact within
 fp16's range; beyond it the lane turns inf and the rows are redone in fp32): int4 3.0
 instructions a weight, int8 3.5, against 4.5 and 5.1 in fp32 arithmetic.
-
-On sm_90 the kernels launch early (`kernels.pdl`): a program first asks for its weight rows in
-L2 (`cp.async.bulk.prefetch`, one thread, no registers held), lets the next kernel launch, and
-only then waits for the kernel that writes its input.
 """
 
 from __future__ import annotations
@@ -51,8 +47,6 @@ from __future__ import annotations
 import os
 
 import torch
-
-from lmi_runtime.kernels import multiprocessors, pdl
 
 try:  # the CPU-only install has no triton; the CUDA path needs it
     import triton
@@ -108,44 +102,11 @@ sub.f16x2 t0, t0, k0;
 sub.f16x2 t1, t1, k0;
 """, 2)
 
-# One thread of the program asks the copy engine to bring bytes [$1, $2) into L2 (start rounded
-# down and length up to 16 bytes, as the instruction needs), without holding registers for them.
-PREFETCH_PTX = """{
-.reg .pred p;
-.reg .b32 t, n;
-.reg .b64 a, e;
-mov.u32 t, %tid.x;
-setp.eq.u32 p, t, 0;
-and.b64 a, $1, -16;
-sub.s64 e, $2, a;
-add.s64 e, e, 15;
-and.b64 e, e, -16;
-cvt.u32.u64 n, e;
-@p cp.async.bulk.prefetch.L2.global [a], n;
-mov.u32 $0, 0;
-}"""
-
 if triton is not None:
-    _PREFETCH_PTX = tl.constexpr(PREFETCH_PTX)
 
     @triton.jit
-    def _start(rows_start, rows_end, prefetching, PDL: tl.constexpr):
-        """With programmatic dependent launch (`kernels.pdl`): fetch the program's weight rows
-        [rows_start, rows_end) into L2 while the kernel before still runs (nothing writes
-        weights), let the next kernel launch, then wait for the input."""
-        if PDL:
-            if tl.program_id(0) < prefetching:
-                tl.inline_asm_elementwise(_PREFETCH_PTX, "=r,l,l", [rows_start.to(tl.int64), rows_end.to(tl.int64)],
-                                          dtype=tl.int32, is_pure=False, pack=1)
-            tl.extra.cuda.gdc_launch_dependents()
-            tl.extra.cuda.gdc_wait()
-
-    @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_wn, prefetching, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     PDL: tl.constexpr):
-        row0 = tl.program_id(0) * BLOCK_N
-        _start(w_ptr + row0 * stride_wn, w_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_wn + K, prefetching, PDL)
-        rn = row0 + tl.arange(0, BLOCK_N)
+    def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         rk = tl.arange(0, BLOCK_K)
         n_ok = rn < N
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -326,14 +287,9 @@ if triton is not None:
         return acc * tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, magic, prefetching, KIND: tl.constexpr,
-                      GROUP: tl.constexpr, HALF2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      PDL: tl.constexpr):
-        row0 = tl.program_id(0) * BLOCK_N
-        row_bytes = K // 2 if KIND == 2 else K  # q is bytes: int4 two to a byte
-        _start(q_ptr + row0 * stride_qn, q_ptr + (tl.minimum(row0 + BLOCK_N, N) - 1) * stride_qn + row_bytes,
-               prefetching, PDL)
-        rn = row0 + tl.arange(0, BLOCK_N)
+    def _qgemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, y_ptr, N, K, stride_qn, stride_sn, magic, KIND: tl.constexpr,
+                      GROUP: tl.constexpr, HALF2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = rn < N
         words = q_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)  # int8 and int4 read 32-bit words
         if KIND == 2:
@@ -371,11 +327,6 @@ def q_tile(kind: str, n: int, k: int) -> tuple[int, int, int]:
     return Q_TILES[kind]
 
 
-def prefetching(device: torch.device) -> int:
-    """How many programs prefetch their rows (experiment: LMI_PDL_PREFETCH, default 4 a multiprocessor)."""
-    return int(os.environ.get("LMI_PDL_PREFETCH", 4 * multiprocessors(device))) if pdl(device) else 0
-
-
 def qapplies(x: torch.Tensor, q: torch.Tensor, kind: str, act: str, group: int) -> bool:
     """One row of 16-bit or fp32 input on CUDA, a weight-only kind, int4 groups a tile holds whole,
     and int8 / int4 rows that start on 32-bit words (the kernel reads them as words)."""
@@ -403,11 +354,9 @@ def qgemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Ten
     if half2 and row.data_ptr() % 4:  # read as 32-bit pairs
         row = row.clone()
     y = torch.empty(n, device=x.device, dtype=x.dtype)
-    early = pdl(x.device)
     _qgemv_kernel[(triton.cdiv(n, block_n),)](row, q, scale, zero if zero is not None else scale, y, n, k, q.stride(0),
-                                              scale.stride(0), MAGIC, prefetching(x.device), KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
-                                              HALF2=half2, BLOCK_N=block_n, BLOCK_K=block_k, PDL=early, num_warps=warps,
-                                              launch_pdl=early)
+                                              scale.stride(0), MAGIC, KIND=QKINDS[kind], GROUP=group if kind == "int4" else 0,
+                                              HALF2=half2, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -416,7 +365,6 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape
     row = x.reshape(k).contiguous()
     y = torch.empty(n, device=x.device, dtype=x.dtype)
-    early = pdl(x.device)
-    _gemv_kernel[(triton.cdiv(n, BLOCK_N),)](row, weight, y, n, k, weight.stride(0), prefetching(x.device), BLOCK_N=BLOCK_N,
-                                              BLOCK_K=BLOCK_K, PDL=early, num_warps=WARPS, launch_pdl=early)
+    _gemv_kernel[(triton.cdiv(n, BLOCK_N),)](row, weight, y, n, k, weight.stride(0), BLOCK_N=BLOCK_N,
+                                              BLOCK_K=BLOCK_K, num_warps=WARPS)
     return y.reshape(*x.shape[:-1], n)

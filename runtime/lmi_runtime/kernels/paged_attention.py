@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lmi_runtime.kernels import multiprocessors, pdl
+from lmi_runtime.kernels import multiprocessors
 
 try:  # the CPU-only install has no triton; the CUDA path needs it
     import triton
@@ -139,7 +139,7 @@ def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, b
         part_ml = torch.empty((2, tiles, kv_heads, splits, rows), dtype=torch.float32, device=q.device)
     else:
         part = part_ml = out  # unused
-    meta = dict(G=group, GP=padded, BLOCK_Q=batch.block_q, ROWS=rows, D=dim, PDL=pdl(q.device))
+    meta = dict(G=group, GP=padded, BLOCK_Q=batch.block_q, ROWS=rows, D=dim)
     _paged_attention_kernel[(tiles, kv_heads, splits)](
         q, k_cache, v_cache, out, new.k, new.v, new.slots, part, part_ml, _arrivals(q.device, tiles * kv_heads),
         batch.block_tables, batch.ctx_lens, batch.q_starts, batch.q_lens, batch.tile_seq, batch.tile_start,
@@ -151,7 +151,7 @@ def _triton_paged_attention(q, k_cache, v_cache, new: NewKV, batch: AttnBatch, b
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", WRITE_NEW=decode, SPLITS=splits,
         # decode over many (sequence, head) programs reads fastest with 2 warps each (a sweep on
         # the H100: 2.58 against 2.40 TB/s at batch 64, 7B heads); split and prefill tiles keep 4
-        num_warps=2 if decode and splits == 1 else 4, num_stages=2, launch_pdl=meta["PDL"],
+        num_warps=2 if decode and splits == 1 else 4, num_stages=2,
     )
     return out
 
@@ -197,10 +197,8 @@ if triton is not None:
         stride_nvn, stride_nvh,
         G: tl.constexpr, GP: tl.constexpr, BLOCK_Q: tl.constexpr, ROWS: tl.constexpr, D: tl.constexpr,
         PAGE: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, WRITE_NEW: tl.constexpr,
-        SPLITS: tl.constexpr, PDL: tl.constexpr,
+        SPLITS: tl.constexpr,
     ):
-        if PDL:  # `kernels.pdl`: the next kernel may launch now
-            tl.extra.cuda.gdc_launch_dependents()
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
         split = tl.program_id(2)
@@ -214,8 +212,6 @@ if triton is not None:
         span = tl.cdiv(tl.cdiv(last, SPLITS), BLOCK_N) * BLOCK_N  # this split's keys: [lo, hi)
         lo = split * span
         hi = tl.minimum(last, lo + span)
-        if PDL:  # the host wrote what came before; q and the new key/value are the last kernel's output
-            tl.extra.cuda.gdc_wait()
         if WRITE_NEW:  # decode: the split holding the new token writes its key/value, then reads
             if (ctx - 1 >= lo) & (ctx - 1 < hi):
                 slot = tl.load(NEW_SLOTS + q_start)
