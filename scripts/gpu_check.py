@@ -165,16 +165,17 @@ def quantized_engine_checks(folder: Path, new: int = 24, dtypes=("float32",),
     joins = [0, 0, 3, 3, 5, 9][:len(prompts)]
     for dtype in dtypes:
         for method in methods:
-            on, off = (quantized_tokens(folder, dtype, method, kernels, prompts, joins, new) for kernels in ("on", "off"))
+            on, off = (quantized_tokens(folder, dtype, method, kernels, prompts, joins, new)
+                       for kernels in ("on", "off"))
             same = sum(a == b for a, b in zip(on, off))
             name = f"{label} {method} {dtype}: packed (graphs) == rounded dense (eager)"
             if same == len(prompts) or dtype == "float32":
                 check(name, same == len(prompts), f"{same}/{len(prompts)} prompts identical")
                 continue
             exact = quantized_tokens(folder, "float32", method, "off", prompts, joins, new)
-            runs = [tuple(new if (d := first_difference(t, want)) is None else d for t in pair)
-                    for pair, want in zip(zip(on, off), exact)]
-            check(f"{name}, or follows the fp32 run as far (summed)", sum(r[0] for r in runs) >= sum(r[1] for r in runs),
+            runs = [(followed(a, want, new), followed(b, want, new)) for a, b, want in zip(on, off, exact)]
+            packed, dense = (sum(run[j] for run in runs) for j in (0, 1))
+            check(f"{name}, or follows the fp32 run as far (summed)", packed >= dense,
                   f"{same}/{len(prompts)} prompts identical; tokens following fp32, packed/dense per prompt "
                   + ", ".join(f"{a}/{b}" for a, b in runs))
 
@@ -225,6 +226,12 @@ def bundled_folder(gguf: Path, out: Path) -> Path:
 
     _convert(gguf, out)
     return out
+
+
+def followed(tokens: list[int], reference: list[int], new: int) -> int:
+    """How many of the first `new` tokens follow the reference's before they part."""
+    first = first_difference(tokens, reference)
+    return new if first is None else first
 
 
 def random_prompts(lengths: list[int], seed: int) -> list[list[int]]:
@@ -322,7 +329,7 @@ def seven_b_fp16_checks(tokenizer_dir: Path, out: Path, new: int = 32) -> None:
         print(f"INFO  Llama-2-7B shape fp16 graphs+compile prompt {i} ({lengths[i]} tokens): first {new} greedy "
               + ("== transformers fp16" if first is None else
                  f"part from transformers fp16 at token {first}, its margin there {margin:.4f}"), flush=True)
-        runs.append(tuple(new if (d := first_difference(tokens, exact[i])) is None else d for tokens in (mine, theirs)))
+        runs.append((followed(mine, exact[i], new), followed(theirs, exact[i], new)))
     ours_total, theirs_total = (sum(run[j] for run in runs) for j in (0, 1))
     check(f"Llama-2-7B shape fp16: follows fp32 transformers at least as far as fp16 transformers does "
           f"(tokens, summed over the {len(prompts)} prompts)", ours_total >= theirs_total,
