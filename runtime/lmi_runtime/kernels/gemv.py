@@ -154,11 +154,12 @@ if triton is not None:
         return tl.split(tl.reshape(t, (t.shape[0], t.shape[1] // 2, 2)))
 
     @triton.jit
-    def _fp16_pairs(pairs, BF16: tl.constexpr, SIXTEENTH: tl.constexpr):
-        """Input pairs in 32-bit words as fp16 pairs, each value divided by 16 if SIXTEENTH. bf16
-        is widened to fp32 (its bits in the high half) and rounded to fp16: exact within fp16's
-        range; beyond it, inf, and the program redoes its rows in fp32."""
-        if BF16:
+    def _fp16_pairs(x_ptr, at, mask, SIXTEENTH: tl.constexpr):
+        """The inputs' 16-bit pairs at 32-bit word `at`, as fp16 pairs, each value divided by 16 if
+        SIXTEENTH. bf16 is widened to fp32 (its bits in the high half) and rounded to fp16: exact
+        within fp16's range; beyond it, inf, and the program redoes its rows in fp32."""
+        pairs = tl.load(x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + at, mask=mask, other=0)
+        if x_ptr.dtype.element_ty == tl.bfloat16:
             scale: tl.constexpr = "mul.f32 lo, lo, 0f3D800000;\nmul.f32 hi, hi, 0f3D800000;\n" if SIXTEENTH else ""
             return tl.inline_asm_elementwise("{\n.reg .b32 lo, hi;\nshl.b32 lo, $1, 16;\nand.b32 hi, $1, 0xFFFF0000;\n"
                                              + scale + "cvt.rn.f16x2.f32 $0, hi, lo;\n}", "=r,r", [pairs],
@@ -213,12 +214,10 @@ if triton is not None:
             x_hi = tl.load(x_ptr + k_low[:, None] + HALF + four[None, :], mask=c_ok[:, None], other=0.0).to(tl.float32)
             xs = tl.sum(x_lo + x_hi, axis=1)
             if HALF2:  # Σ (q - 8)·x a word pair each; the zero point is then taken from 8
-                x_pairs = x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + k_low // 2
-                bf16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-                lo02, lo13 = _half_pairs(_fp16_pairs(tl.load(x_pairs, mask=c_ok, other=0), bf16, False),
-                                         _fp16_pairs(tl.load(x_pairs + 1, mask=c_ok, other=0), bf16, False))
-                hi02, hi13 = _half_pairs(_fp16_pairs(tl.load(x_pairs + HALF // 2, mask=c_ok, other=0), bf16, False),
-                                         _fp16_pairs(tl.load(x_pairs + HALF // 2 + 1, mask=c_ok, other=0), bf16, False))
+                at = k_low // 2
+                lo02, lo13 = _half_pairs(_fp16_pairs(x_ptr, at, c_ok, False), _fp16_pairs(x_ptr, at + 1, c_ok, False))
+                hi02, hi13 = _half_pairs(_fp16_pairs(x_ptr, at + HALF // 2, c_ok, False),
+                                         _fp16_pairs(x_ptr, at + HALF // 2 + 1, c_ok, False))
                 qx = _int4_dot(u, lo02[None, :], hi02[None, :], lo13[None, :], hi13[None, :])
                 qx_g = tl.sum(tl.reshape(qx, (BLOCK_N, GROUPS, WORDS // 2)), axis=2)
                 offset = 8.0
@@ -258,10 +257,9 @@ if triton is not None:
             u = tl.load(words + rn[:, None] * (stride_qn // 4) + (c0 + c)[None, :],
                         mask=n_ok[:, None] & c_ok[None, :], other=0, eviction_policy="evict_first") ^ 0x80808080
             if HALF2:  # inputs / 16 (exact): a lane's four products stay below fp16's limit up to |x| ~ 2000
-                x_pairs = x_ptr.to(tl.pointer_type(tl.uint32), bitcast=True) + 2 * (c0 + c)
-                bf16: tl.constexpr = x_ptr.dtype.element_ty == tl.bfloat16
-                part += _int8_dot(u, _fp16_pairs(tl.load(x_pairs, mask=c_ok, other=0), bf16, True)[None, :],
-                                  _fp16_pairs(tl.load(x_pairs + 1, mask=c_ok, other=0), bf16, True)[None, :])
+                at = 2 * (c0 + c)
+                part += _int8_dot(u, _fp16_pairs(x_ptr, at, c_ok, True)[None, :],
+                                  _fp16_pairs(x_ptr, at + 1, c_ok, True)[None, :])
             else:
                 u_top = u >> 16  # bytes 2, 3 to bits 0..15
                 x = tl.load(x_ptr + 4 * (c0 + c)[:, None] + tl.arange(0, 4)[None, :], mask=c_ok[:, None], other=0.0)
