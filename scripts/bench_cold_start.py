@@ -110,10 +110,9 @@ def main() -> None:
         return child(args.child, args.cache, args.quant)
     import torch
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from bench_gpu import SHAPES, random_folder
-    from tiny_llama import torch_artifact
+    from bench_gpu import SHAPES, random_folder  # puts runtime/ and compile/ on the path
 
+    from lmi_compile.targets.torch_target import local_artifact
     from lmi_runtime.artifact.folder import read_manifest
     from lmi_runtime.artifact.manifest import MANIFEST_NAME
 
@@ -125,7 +124,7 @@ def main() -> None:
             folder = random_folder(args.model, args.tokenizer, Path(tmp) / "model", torch.float16)
             torch.cuda.empty_cache()
         if not (folder / MANIFEST_NAME).is_file():  # starts are from an artifact, as deployed
-            folder = torch_artifact(folder, Path(tmp) / "artifact", "float16")
+            folder = local_artifact(folder, Path(tmp) / "artifact", "float16")
         results["tokenizer_class"] = read_manifest(folder).model.tokenizer_class
         cache = Path(tmp) / "kernel-cache"
         bytecode = Path(tmp) / "pycache"

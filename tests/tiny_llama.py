@@ -25,16 +25,3 @@ def save_tiny_llama(out: Path, tokenizer_dir: Path, *, hidden: int = 128, interm
             (out / file.name).write_bytes(file.read_bytes())
     return out
 
-
-def torch_artifact(folder: Path, out: Path, dtype: str = "float32") -> Path:
-    """What the compile stage writes for target torch (quantized weights pre-packed), with its
-    manifest, which records the tokenizer class as the pipeline's fetch stage does."""
-    from lmi_compile.targets import torch_target
-    from lmi_runtime.artifact.folder import build_manifest, write_manifest
-    from lmi_runtime.artifact.manifest import ModelInfo
-    from lmi_runtime.tokenizer import class_to_record, load_tokenizer
-
-    torch_target.build(folder, out, tp_degree=1, log=lambda line: None)
-    model = ModelInfo(source=str(folder), tokenizer_class=class_to_record(load_tokenizer(folder, False)))
-    write_manifest(out, build_manifest(out, model=model, target=torch_target.describe(1, dtype, out)))
-    return out

@@ -13,6 +13,7 @@ from lmi_compile.pipeline import run_recipe
 from lmi_compile.recipe import Recipe
 from lmi_compile.stages import kernel_cache
 from lmi_compile.stages.kernel_cache import add_kernel_cache
+from lmi_compile.targets.torch_target import local_artifact
 from lmi_runtime.artifact.folder import read_manifest, write_manifest
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.checksums import sha256_file
@@ -21,14 +22,14 @@ from lmi_runtime.errors import ConfigError
 from lmi_runtime.hardware.model import Hardware
 from lmi_runtime.kernels.cache import CacheInfo, save
 from lmi_runtime.locate import inspect_folder
-from tiny_llama import save_tiny_llama, torch_artifact
+from tiny_llama import save_tiny_llama
 
 H100 = CacheInfo("sm_90", "2.11.0", "3.6.0", "13.0")
 
 
 @pytest.fixture
 def artifact(tmp_path, smollm2_dir):
-    return torch_artifact(save_tiny_llama(tmp_path / "dense", smollm2_dir), tmp_path / "artifact")
+    return local_artifact(save_tiny_llama(tmp_path / "dense", smollm2_dir), tmp_path / "artifact")
 
 
 def stand_in(tmp_path, info=H100):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmi_compile.targets.torch_target import local_artifact
 from lmi_runtime.backends.loader import load_backend
 from lmi_runtime.engine.config import EngineConfig
 from lmi_runtime.engine.engine import LLMEngine
@@ -15,7 +16,6 @@ from lmi_runtime.engine.offline import generate
 from lmi_runtime.engine.request import SamplingParams
 from lmi_runtime.locate import inspect_folder
 from test_packed_tiny import check_packed_is_transformers_dequantized
-from tiny_llama import torch_artifact
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time"]
 LAYERS = {"awq": "int4 g64 ×210", "gptq": "int4 g64 ×210", "static_int8": "int8 ×210",
@@ -70,7 +70,7 @@ def test_smoothquant_packed_follows_the_calibrated_int8_activations(quantized_fo
 @pytest.mark.slow
 def test_prepacked_awq_artifact_gives_the_same_tokens(quantized_folder, tmp_path):
     folder = quantized_folder("awq")
-    artifact = torch_artifact(folder, tmp_path / "awq-torch")
+    artifact = local_artifact(folder, tmp_path / "awq-torch")
     assert greedy(served(artifact, quantized_kernels="on")) == greedy(served(folder, quantized_kernels="on"))
 
 

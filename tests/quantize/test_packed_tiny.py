@@ -28,7 +28,7 @@ from lmi_runtime.locate import inspect_folder
 from lmi_runtime.quant import compressed, prepacked
 from lmi_runtime.quant.compressed import Unsupported, scheme_of
 from lmi_runtime.quant.packed import dequantize
-from tiny_llama import save_tiny_llama, torch_artifact
+from tiny_llama import save_tiny_llama
 
 INT8_CHANNEL = {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "int", "symmetric": True,
                                                                "strategy": "channel"}}}  # as static_int8
@@ -162,7 +162,7 @@ def test_quantized_kernels_setting_flows_and_is_checked():
 
 def test_prepacked_artifact_loads_without_conversion_and_scores_the_same(tiny_quantized, tmp_path):
     folder = tiny_quantized("W4A16_ASYM")
-    artifact = torch_artifact(folder, tmp_path / "artifact")
+    artifact = torch_target.local_artifact(folder, tmp_path / "artifact")
     manifest = read_manifest(artifact)
     assert next(iter(manifest.profiles.values())).target.toolchain["weights_layout"] == prepacked.LAYOUT
     assert not list(artifact.glob("*.safetensors")) and prepacked.layout_of([artifact / "rank0" / "model.safetensors"])
@@ -177,7 +177,7 @@ def test_prepacked_artifact_loads_without_conversion_and_scores_the_same(tiny_qu
 
 
 def test_another_layout_version_is_refused_clearly(tiny_quantized, tmp_path):
-    artifact = torch_artifact(tiny_quantized("W4A16"), tmp_path / "artifact")
+    artifact = torch_target.local_artifact(tiny_quantized("W4A16"), tmp_path / "artifact")
     manifest = read_manifest(artifact)
     target = next(iter(manifest.profiles.values())).target
     target.toolchain["weights_layout"] = "lmi-packed-9"

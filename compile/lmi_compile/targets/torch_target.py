@@ -70,6 +70,20 @@ def build(model_dir: Path, out_dir: Path, *, tp_degree: int, log: Callable[[str]
             advance(item.stat().st_size)
 
 
+def local_artifact(model_dir: Path, out_dir: Path, dtype: str = "float32") -> Path:
+    """A one-rank torch artifact with its manifest, outside a recipe run (the benchmarks' and
+    tests' starts are from an artifact, as deployed): `build`, then the manifest, which records
+    the tokenizer class as the pipeline's fetch stage does."""
+    from lmi_runtime.artifact.folder import build_manifest, write_manifest
+    from lmi_runtime.artifact.manifest import ModelInfo
+    from lmi_runtime.tokenizer import class_to_record, load_tokenizer
+
+    build(model_dir, out_dir, tp_degree=1, log=lambda line: None)
+    model = ModelInfo(source=str(model_dir), tokenizer_class=class_to_record(load_tokenizer(model_dir, False)))
+    write_manifest(out_dir, build_manifest(out_dir, model=model, target=describe(1, dtype, out_dir)))
+    return out_dir
+
+
 def _prepack(model_dir: Path, dest: Path, log: Callable[[str], None]) -> bool:
     """Write a quantized Llama-family checkpoint's weights packed to `dest`; False (nothing
     written) for any other checkpoint."""
