@@ -17,7 +17,9 @@ checks them, before the first token; the starts share the digest cache (LMI_SERV
 the first fills, as a restart finds it. Each start is split into imports, weights (reading,
 placing and verifying them, KV pool) and compile + decode-graph capture. Then the saved cache
 with another GPU arch in its info.json: the start must be refused, and its message is printed.
-Prints the table, writes bench_cold_start.json.
+Triton is asked to print each autotuning it runs (not those its cache answers): the table counts
+them per start, and a start that loads the cache should run none. Prints the table, writes
+bench_cold_start.json.
 
 `--profile` runs each start's load under cProfile and appends its 40 costliest calls (cumulative) to
 that start's log: which Python work a start spends its seconds on (the profiler slows Python-heavy
@@ -90,7 +92,7 @@ def child(folder: str, cache: str, quant: str) -> None:
 def start(folder: Path, cache: str, quant: str, bytecode: Path, profile: bool = False) -> subprocess.CompletedProcess:
     env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
                         "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_SERVE_CACHE": str(bytecode.parent / "serve-cache"),
-                        "LMI_T0": repr(time.time())} | (
+                        "LMI_T0": repr(time.time()), "TRITON_PRINT_AUTOTUNING": "1"} | (
                             {"LMI_PROFILE_START": "1"} if profile else {})
     return subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache", cache, "--quant", quant],
                           env=env, capture_output=True, text=True, timeout=900)
@@ -131,12 +133,14 @@ def main() -> None:
         for label, setting in (("compile and save the cache", str(cache)), ("compile at start", "none"),
                                ("load the kernel cache", str(cache))):
             done = start(folder, setting, args.quant, bytecode, args.profile)
-            (args.out / f"cold_start_{label.replace(' ', '_')}.log").write_text(done.stderr)
+            # Triton prints each autotuning it runs (not one its cache answers) to stdout
+            tuned = done.stdout.count("Triton autotuning for function")
+            (args.out / f"cold_start_{label.replace(' ', '_')}.log").write_text(done.stderr + done.stdout)
             if done.returncode != 0:
                 print(f"{label}: failed\n{done.stderr[-3000:]}")
                 results[label] = {"error": done.stderr[-1000:]}
                 continue
-            results[label] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[label] = json.loads(done.stdout.strip().splitlines()[-1]) | {"autotuned": tuned}
         info = json.loads((cache / "info.json").read_text())
         results["cache_mib"] = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 2**20
         (cache / "info.json").write_text(json.dumps(info | {"arch": "sm_80"}))
@@ -151,7 +155,8 @@ def main() -> None:
             print(f"  {label:<28} {row['to_first_token_s']:7.1f} s  (imports {row['imports_s']:.1f} s, weights "
                   f"{row['weights_s']:.1f} s, compile + graphs {row['compile_and_capture_s']:.1f} s, first request "
                   f"{row['first_request_s']:.1f} s; cache "
-                  f"{row['kernel_cache']})  {base / row['to_first_token_s']:.2f}x faster than compiling")
+                  f"{row['kernel_cache']}, {row['autotuned']} matmul autotunings run)  "
+                  f"{base / row['to_first_token_s']:.2f}x faster than compiling")
     print(f"  kernel cache size: {results['cache_mib']:.1f} MiB; tokenizer class in the manifest: "
           f"{results['tokenizer_class']}")
     print(f"  cache built for sm_80: exit {results['other_arch']['returncode']}: {results['other_arch']['message']}")

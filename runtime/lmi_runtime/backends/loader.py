@@ -209,6 +209,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
         log.info("rank %d read %d bytes of weights from %s", rank, sum(p.stat().st_size for p in files.weights),
                  ", ".join(p.relative_to(files.root).as_posix() for p in files.weights))
         model = _build_llama(args, state, dtype, device, max_len, checkpoint.packed if checkpoint else None)
+        log.debug("model assembled (projections fused, rotary tables built)")
         if at_load is not None:
             count = quantize_layers(model.model.layers, at_load, packed=packed_wanted)
             details["quantization"] = f"{config.quantize} (at load)"
