@@ -4,26 +4,17 @@ match the folders the job entries read. No network: nothing is sent."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
 from lmi_compile.jobs.processing import ProcessingPaths
+from script_module import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/lmi-compile:trtllm"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def _valid(sagemaker, operation: str, request: dict) -> None:
 
 
 def test_optimization_job_request_matches_the_service_model(sagemaker):
-    launch = _script("launch_optimization_job")
+    launch = load_script("launch_optimization_job")
     request = launch.optimization_job_request(
         name="llama2-7b-awq", role_arn=ROLE, image=IMAGE, model_s3_uri="s3://b/models/llama-2-7b/",
         output_s3_uri="s3://b/optimized/", instance_type="ml.g5.12xlarge",
@@ -53,7 +44,7 @@ def test_optimization_job_request_matches_the_service_model(sagemaker):
 
 
 def test_processing_job_request_matches_the_service_model_and_the_entry(sagemaker):
-    launch = _script("launch_processing_job")
+    launch = load_script("launch_processing_job")
     request = launch.processing_job_request(
         name="smollm2-int8", role_arn=ROLE, image=IMAGE, recipe_s3_uri="s3://b/recipes/smollm2-int8.yaml",
         instance_type="ml.g5.2xlarge", model_s3_uri="s3://b/models/smollm2/", output_s3_uri="s3://b/artifacts/")
@@ -71,7 +62,7 @@ def test_processing_job_request_matches_the_service_model_and_the_entry(sagemake
 
 
 def test_print_shows_the_request_without_sending(capsys):
-    _script("launch_optimization_job").main([
+    load_script("launch_optimization_job").main([
         "--name", "n", "--role-arn", ROLE, "--image", IMAGE, "--model", "s3://b/m/", "--output", "s3://b/o/",
         "--instance-type", "ml.p5.48xlarge", "--option", "QUANTIZE=fp8", "--print"])
     assert json.loads(capsys.readouterr().out)["DeploymentInstanceType"] == "ml.p5.48xlarge"

@@ -6,9 +6,7 @@ against the dequantized weight; on a GPU the same cases run compiled (scripts/gp
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import torch
 from lmi_runtime.quant.linear import QuantLinear, qlinear
 from lmi_runtime.quant.packed import (PackedWeight, concat, dequantize, pack, pack_int4, quantize_activations,
                                       quantize_rtn, unpack_int4)
+from script_module import load_script
 
 KINDS = [("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)]
 
@@ -167,10 +166,7 @@ def test_one_token_gemv_compiles_for_the_h100_without_one():
     pytest.importorskip("triton")
     from lmi_runtime.kernels import gemv
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "kernel_sass.py"
-    spec = importlib.util.spec_from_file_location("kernel_sass", path)
-    kernel_sass = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kernel_sass)
+    kernel_sass = load_script("kernel_sass")
     for kind, group in (("int8", 0), ("fp8", 0), ("int4", 32), ("int4", 128)):
         for dtype in ("fp32", "bf16", "fp16"):  # 16-bit: int8 and int4 in half2 arithmetic (inline PTX)
             per_weight, ops = kernel_sass.count(gemv._qgemv_kernel, kind, group, gemv.Q_TILES[kind], dtype)

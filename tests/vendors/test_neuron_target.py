@@ -14,6 +14,7 @@ from lmi_compile.targets import neuron
 from lmi_runtime.backends.neuron_backend import sampling_row, writable_cache
 from lmi_runtime.engine.request import SamplingParams
 from lmi_runtime.errors import ConfigError
+from script_module import load_script
 
 M, O = Path("/model"), Path("/out")
 PARSE = ("import json, sys; from argparse import ArgumentParser;"
@@ -97,13 +98,9 @@ def test_compile_cache_is_copied_to_a_writable_folder(tmp_path):
 
 def test_snapshot_matches_the_vendor_wheels(interfaces, vendor_python):
     """The committed snapshot is what scripts/vendor_interfaces.py reads from the wheels now."""
-    import importlib.util
     import os
 
-    spec = importlib.util.spec_from_file_location("vendor_interfaces", Path(__file__).resolve().parents[2]
-                                                  / "scripts" / "vendor_interfaces.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("vendor_interfaces")
     wheels = Path(os.environ["LMI_VENDOR_SITE"] + ".wheels")
     assert module.optimum_neuron(wheels) == interfaces["optimum_neuron"]
     assert module.modelopt(wheels) == interfaces["modelopt"]
