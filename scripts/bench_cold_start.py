@@ -112,7 +112,9 @@ def main() -> None:
         return child(args.child, args.cache, args.quant)
     import torch
 
-    from bench_gpu import SHAPES, random_folder  # puts runtime/ and compile/ on the path
+    from bench_gpu import SHAPES, check_setup, random_folder  # puts runtime/ and compile/ on the path
+
+    check_setup(parser, args.tokenizer, random_weights=args.model in SHAPES)
 
     from lmi_compile.targets.torch_target import local_artifact
     from lmi_runtime.artifact.folder import read_manifest

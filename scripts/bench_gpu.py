@@ -284,6 +284,16 @@ def report(name: str, figures: dict, out: Path) -> None:
     fig.savefig(out / f"bench_gpu_{name}.png", dpi=100)
 
 
+def check_setup(parser: argparse.ArgumentParser, tokenizer: Path | None, random_weights: bool = True) -> None:
+    """Stop with a usage message, before anything is made, on a machine without a CUDA GPU or
+    without the tokenizer folder the random-weight models take."""
+    if not torch.cuda.is_available():
+        parser.error("this benchmark needs a CUDA GPU; this machine has none")
+    if random_weights and (tokenizer is None or not (tokenizer / "tokenizer_config.json").is_file()):
+        parser.error(f"--tokenizer {tokenizer}: not a folder with tokenizer files (tokenizer_config.json); "
+                     "give the bundled model's folder")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", help="llama2-7b, tiny, llama2-70b (about 130 GiB of weights) or a model folder (repeatable)")
@@ -294,6 +304,7 @@ def main() -> None:
     parser.add_argument("--quant", default="", help="also serve quantized at load: fp8,static_int8,int4 (graphs only)")
     parser.add_argument("--skip", default="", help="leave out baselines: hf (transformers generate), eager")
     args = parser.parse_args()
+    check_setup(parser, args.tokenizer)
     skip = set(filter(None, args.skip.split(",")))
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype)
