@@ -4,7 +4,9 @@ compiled code) is built on a GPU: scripts/bench_cold_start.py measures that ther
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -112,3 +114,44 @@ def test_a_folder_of_other_files_or_a_file_is_refused_before_anything_compiles(t
     empty = tmp_path / "empty"
     empty.mkdir()
     assert KernelCache(empty, H100).begin() is False  # an empty folder is filled
+
+
+def _compiled_kernel(triton_dir, monkeypatch, key: str = "ab12" * 16):
+    """A compiled kernel as Triton's own cache writes it: its files, and their list by absolute path."""
+    from triton.runtime.cache import FileCacheManager
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(triton_dir))
+    files = FileCacheManager(key)
+    group = {name: files.put(data, name) for name, data in (("k.cubin", b"\x7fELF"), ("k.json", '{"name": "k"}'))}
+    files.put_group("k.json", group)
+    return key
+
+
+def test_a_copied_cache_finds_the_kernels_triton_compiled_elsewhere(tmp_path, monkeypatch):
+    """Triton finds a kernel through its file list, by absolute path: loaded from a copy whose
+    original folder is gone, the list must name the copy, or every kernel compiles again."""
+    pytest.importorskip("triton")
+    from triton.runtime.cache import FileCacheManager
+
+    built = tmp_path / "built"
+    key = _compiled_kernel(built, monkeypatch)
+    folder = tmp_path / "cache"
+    save(folder, built, H100)
+    shutil.rmtree(built)  # the start that built it has exited: its private folder is gone
+    assert KernelCache(folder, H100).begin() is True
+    found = FileCacheManager(key).get_group("k.json")  # what Triton's compile() looks up
+    assert sorted(found) == ["k.cubin", "k.json"]
+    assert open(found["k.cubin"], "rb").read() == b"\x7fELF"
+    assert found["k.cubin"].startswith(os.environ["TRITON_CACHE_DIR"])
+
+
+def test_a_file_list_that_leaves_its_folder_is_refused(tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    built = tmp_path / "built"
+    key = _compiled_kernel(built, monkeypatch)
+    (built / key / "__grp__k.json").write_text(json.dumps({"child_paths": {"../../secret": "/etc/passwd"}}))
+    folder = tmp_path / "cache"
+    save(folder, built, H100)
+    with pytest.raises(ArtifactError, match="lists '../../secret', which is not a file name") as err:
+        KernelCache(folder, H100).begin()
+    assert "--recompile" in err.value.hint

@@ -89,6 +89,7 @@ class KernelCache:
             return False
         if (self.folder / "triton").is_dir():
             shutil.copytree(self.folder / "triton", self._triton_dir, dirs_exist_ok=True)
+            _rebase_groups(self._triton_dir, self.folder)
         if (self.folder / "inductor.bin").is_file():
             # a corrupt file: torch logs why and returns None
             if torch.compiler.load_cache_artifacts((self.folder / "inductor.bin").read_bytes()) is None:
@@ -115,6 +116,26 @@ class KernelCache:
             return
         save(self.folder, self._triton_dir, self.running)
         log.info("kernel cache saved to %s (%s)", self.folder, self.running.describe())
+
+
+def _rebase_groups(triton_dir: Path, source: Path) -> None:
+    """Point each kernel's file list at the copy. Triton lists a compiled kernel's files by
+    absolute path (`<key>/__grp__<kernel>.json`), so in a copy they name the folder the cache was
+    built in, gone since, and Triton compiled every kernel of ours again: 20 of them, ~5 s, in a
+    7B int8 start on the H100. A kernel's files lie beside its list; a listed name that is not
+    a plain file name is refused (a cache is input, like any artifact file)."""
+    for group in triton_dir.glob("*/__grp__*.json"):
+        try:
+            children = json.loads(group.read_text())["child_paths"]
+            names = list(children)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ArtifactError(f"kernel cache {source}: {group.relative_to(triton_dir)} is not Triton's file list "
+                                f"({err!r})", hint="build it again (lmi-serve --kernel-cache DIR --recompile)") from err
+        for name in names:
+            if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+                raise ArtifactError(f"kernel cache {source}: {group.relative_to(triton_dir)} lists {name!r}, which is "
+                                    "not a file name", hint="build it again (lmi-serve --kernel-cache DIR --recompile)")
+        group.write_text(json.dumps({"child_paths": {name: str(group.parent / name) for name in names}}))
 
 
 def read_info(folder: Path) -> CacheInfo | None:
