@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -150,14 +151,29 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     return model.to(device).eval()
 
 
+def _tokenizer_meanwhile(files: ModelFiles, config: EngineConfig) -> Future:
+    """The tokenizer, loaded on a thread while the weights are read: most of its ~2 s on the
+    H100 machine was importing transformers (Python, on the GIL), while the weights' reading
+    threads wait on the disk and the GPU copies with the GIL released. Its errors surface at
+    `result()`."""
+    def load():
+        tokenizer = load_tokenizer(files.root, config.trust_remote_code,
+                                   files.manifest.model.tokenizer_class if files.manifest is not None else None)
+        log.debug("tokenizer loaded (%s)", type(tokenizer).__name__)
+        return tokenizer
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-tokenizer")
+    future = pool.submit(load)
+    pool.shutdown(wait=False)
+    return future
+
+
 def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Backend:
     """`rank` > 0: a tensor-parallel worker (`files` then holds that rank's shard)."""
     hf_config = json.loads((files.root / "config.json").read_text())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
-    tokenizer = load_tokenizer(files.root, config.trust_remote_code,
-                               files.manifest.model.tokenizer_class if files.manifest is not None else None)
-    log.debug("tokenizer loaded (%s)", type(tokenizer).__name__)
+    tokenizer = _tokenizer_meanwhile(files, config)
     limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
     if max_len > limit:
@@ -190,9 +206,9 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
                                    hint="use --backend torch (or auto)")
 
         model = _hf_model(files, config, dtype, hf_config).to(device)
-        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
-                         {**details, "backend": "transformers"})
-        return TransformersBackend(model, tokenizer, info, device)
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer.result()), hf_config["vocab_size"],
+                           {**details, "backend": "transformers"})
+        return TransformersBackend(model, tokenizer.result(), info, device)
 
     if args.sliding_window:
         max_len = min(max_len, args.sliding_window)  # exact attention within the window
@@ -222,9 +238,9 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
             files.wait_arrived()
         kv = _kv_cache(args, config, dtype, device, max_len, group,
                        files.manifest.limits.kv_cache if files.manifest is not None else None)
-        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer.result()), args.vocab_size,
                            {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-        backend = torch_backend(model, tokenizer, info, kv, config, files.weights[0].parent)
+        backend = torch_backend(model, tokenizer.result(), info, kv, config, files.weights[0].parent)
         if group is not None and rank == 0:
             backend.tp = Leader(group)
         return backend
