@@ -9,7 +9,8 @@ nothing compiled by an earlier one is reused except through the kernel cache
 `--kernel-cache none` (what every start did before), 3. the saved folder (this start loads).
 The starts share one Python bytecode folder (PYTHONPYCACHEPREFIX), which the first fills, as
 a deployment's image holds its packages' .pyc files: a GPU machine whose venv is read-only and
-without them spent ~5 s of every start compiling Python sources (cProfile, the H100, 2026-12-07).
+without them spent ~5 s of every start compiling Python sources (cProfile, the H100, 2026-12-07);
+PYTHONDONTWRITEBYTECODE, which that machine sets, is dropped for them.
 Each start is from an artifact, as deployed: the compile stage's torch target with its manifest,
 which names the tokenizer class AutoTokenizer chose (a start imports only that class); `--model
 FOLDER` without a manifest is made one first. The weights' digests are checked as `lmi-serve`
@@ -17,13 +18,15 @@ checks them, before the first token; the starts share the digest cache (LMI_SERV
 the first fills, as a restart finds it. Each start is split into imports, weights (reading,
 placing and verifying them, KV pool) and compile + decode-graph capture. Then the saved cache
 with another GPU arch in its info.json: the start must be refused, and its message is printed.
-Triton is asked to print each autotuning it runs (not those its cache answers): the table counts
-them per start, and a start that loads the cache should run none. Prints the table, writes
+Triton is asked to print each autotuning it runs (not those its cache answers), and each start
+logs every kernel Triton compiles in it (not those its cache answers): the table counts both per
+start, and a start that loads the cache should run and compile none. Prints the table, writes
 bench_cold_start.json.
 
-`--profile` runs each start's load under cProfile and appends its 40 costliest calls (cumulative) to
-that start's log: which Python work a start spends its seconds on (the profiler slows Python-heavy
-parts such as Dynamo's tracing, so read its times as shares, and the table's times as inflated).
+`--profile` runs each start's load under cProfile and appends its 40 costliest calls (cumulative)
+and 25 costliest functions (own time) to that start's log: which Python work a start spends its
+seconds on (the profiler slows Python-heavy parts such as Dynamo's tracing, so read its times as
+shares, and the table's times as inflated).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def child(folder: str, cache: str, quant: str) -> None:
     from lmi_runtime.engine.request import SamplingParams
     from lmi_runtime.locate import inspect_folder
 
+    compiled = watch_triton_compiles()
     imported = time.time()
     config = EngineConfig(device="cuda", dtype="float16", max_batch_size=64, max_model_len=1024, kernel_cache=cache,
                           quantize=quant)
@@ -76,7 +80,9 @@ def child(folder: str, cache: str, quant: str) -> None:
     loaded = time.time()
     if profiler is not None:
         profiler.disable()
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+        stats = pstats.Stats(profiler, stream=sys.stderr)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
     capture = backend.graphs.capture_s
     generate(LLMEngine(backend, config), [list(range(100, 228))], SamplingParams(max_new_tokens=1))
     first = time.time()
@@ -85,12 +91,29 @@ def child(folder: str, cache: str, quant: str) -> None:
     print(torch._dynamo.utils.compile_times(repr="str"), file=sys.stderr)
     print(json.dumps({"to_loaded_s": loaded - t0, "to_first_token_s": first - t0, "imports_s": imported - t0,
                       "weights_s": loaded - imported - capture, "compile_and_capture_s": capture,
-                      "first_request_s": first - loaded,
+                      "first_request_s": first - loaded, "triton_compiled": compiled,
                       "kernel_cache": backend.info.details.get("kernel_cache", "none")}))
 
 
+def watch_triton_compiles() -> list[str]:
+    """The kernels this process compiles with Triton (its cache had no binary for them), each
+    logged with its cache key and folder: a start that loads the kernel cache should compile
+    none (Inductor's worker processes, which only a compiling start uses, are not seen)."""
+    import triton
+
+    compiled: list[str] = []
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit) -> None:
+        if not cache_hit:
+            compiled.append(src.name)
+            print(f"triton compiled {src.name} {metadata['hash'][:16]} into {triton.knobs.cache.dir}", file=sys.stderr)
+
+    triton.knobs.compilation.listener = listener
+    return compiled
+
+
 def start(folder: Path, cache: str, quant: str, bytecode: Path, profile: bool = False) -> subprocess.CompletedProcess:
-    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
                         "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_SERVE_CACHE": str(bytecode.parent / "serve-cache"),
                         "LMI_T0": repr(time.time()), "TRITON_PRINT_AUTOTUNING": "1"} | (
                             {"LMI_PROFILE_START": "1"} if profile else {})
@@ -157,7 +180,8 @@ def main() -> None:
             print(f"  {label:<28} {row['to_first_token_s']:7.1f} s  (imports {row['imports_s']:.1f} s, weights "
                   f"{row['weights_s']:.1f} s, compile + graphs {row['compile_and_capture_s']:.1f} s, first request "
                   f"{row['first_request_s']:.1f} s; cache "
-                  f"{row['kernel_cache']}, {row['autotuned']} matmul autotunings run)  "
+                  f"{row['kernel_cache']}, {row['autotuned']} matmul autotunings run, "
+                  f"{len(row['triton_compiled'])} Triton kernels compiled)  "
                   f"{base / row['to_first_token_s']:.2f}x faster than compiling")
     print(f"  kernel cache size: {results['cache_mib']:.1f} MiB; tokenizer class in the manifest: "
           f"{results['tokenizer_class']}")
