@@ -56,3 +56,35 @@ def test_a_name_that_is_no_transformers_tokenizer_falls_back_to_autotokenizer(sm
         tokenizer = load_tokenizer(smollm2_dir, False, name)
     assert type(tokenizer) is type(auto)
     assert f"tokenizer class {name!r} is not a tokenizer" in caplog.text
+
+
+@pytest.mark.parametrize("device, thread", [("cuda", "lmi-tokenizer"), ("cpu", "MainThread")])
+def test_a_gpu_start_loads_the_tokenizer_beside_the_weights_and_a_cpu_start_in_place(smollm2_dir, monkeypatch,
+                                                                                       device, thread):
+    """On a GPU the tokenizer loads on its own thread while the weights are read; on the CPU,
+    where the read is a memory map, in place. Its error reaches the start either way."""
+    import threading
+
+    import torch
+
+    from lmi_runtime.backends import loader
+    from lmi_runtime.engine.config import EngineConfig
+    from lmi_runtime.locate import inspect_folder
+
+    files = inspect_folder(smollm2_dir, verify=False)
+    seen = []
+
+    def recording(*args):
+        seen.append(threading.current_thread().name)
+        return load_tokenizer(*args)
+
+    monkeypatch.setattr(loader, "load_tokenizer", recording)
+    tokenizer = loader._tokenizer_meanwhile(files, EngineConfig(), torch.device(device)).result(timeout=300)
+    assert tokenizer("Hello, world!")["input_ids"] and seen[0].startswith(thread)
+
+    def failing(*args):
+        raise OSError("tokenizer.json unreadable")
+
+    monkeypatch.setattr(loader, "load_tokenizer", failing)
+    with pytest.raises(OSError, match="unreadable"):
+        loader._tokenizer_meanwhile(files, EngineConfig(), torch.device(device)).result(timeout=60)

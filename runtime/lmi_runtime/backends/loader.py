@@ -151,17 +151,26 @@ def _build_llama(args: LlamaArgs, state: dict, dtype: torch.dtype, device: torch
     return model.to(device).eval()
 
 
-def _tokenizer_meanwhile(files: ModelFiles, config: EngineConfig) -> Future:
-    """The tokenizer, loaded on a thread while the weights are read: most of its ~2 s on the
-    H100 machine was importing transformers (Python, on the GIL), while the weights' reading
-    threads wait on the disk and the GPU copies with the GIL released. Its errors surface at
-    `result()`."""
+def _tokenizer_meanwhile(files: ModelFiles, config: EngineConfig, device: torch.device) -> Future:
+    """The tokenizer; for a GPU, loaded on a thread while the weights are read. Most of its ~2 s
+    on the H100 machine was importing transformers (Python, on the GIL), while the staged reader's
+    threads wait on the disk and the GPU copies with the GIL released: the model was assembled
+    0.4-1.1 s sooner there. The caller takes `result()` once the weights are read, before the
+    model is assembled: a thread importing Python makes every torch op that releases the GIL wait
+    up to the switch interval to take it back (it had stretched the assembly of the bundled model
+    from 0.14 to 2.8 s on 2 CPU cores). On the CPU the weights are a memory map, with nothing to
+    overlap: there the thread made `load_backend` of the bundled int8 artifact 0.45-0.55 s slower
+    (3 loads each, 2 cores), so it loads in place. Errors surface at `result()`."""
     def load():
         tokenizer = load_tokenizer(files.root, config.trust_remote_code,
                                    files.manifest.model.tokenizer_class if files.manifest is not None else None)
         log.debug("tokenizer loaded (%s)", type(tokenizer).__name__)
         return tokenizer
 
+    if device.type != "cuda":
+        loaded: Future = Future()
+        loaded.set_result(load())
+        return loaded
     pool = ThreadPoolExecutor(1, thread_name_prefix="lmi-tokenizer")
     future = pool.submit(load)
     pool.shutdown(wait=False)
@@ -173,7 +182,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
     hf_config = json.loads((files.root / "config.json").read_text())
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, hf_config, device)
-    tokenizer = _tokenizer_meanwhile(files, config)
+    loading = _tokenizer_meanwhile(files, config, device)
     limit = hf_config.get("max_position_embeddings") or DEFAULT_MAX_LEN
     max_len = config.max_model_len or min(limit, DEFAULT_MAX_LEN)
     if max_len > limit:
@@ -205,10 +214,11 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
                                    "only the torch backend (Llama family) runs several ranks",
                                    hint="use --backend torch (or auto)")
 
+        tokenizer = loading.result()  # before transformers' model import, which would contend with it
         model = _hf_model(files, config, dtype, hf_config).to(device)
-        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer.result()), hf_config["vocab_size"],
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), hf_config["vocab_size"],
                            {**details, "backend": "transformers"})
-        return TransformersBackend(model, tokenizer.result(), info, device)
+        return TransformersBackend(model, tokenizer, info, device)
 
     if args.sliding_window:
         max_len = min(max_len, args.sliding_window)  # exact attention within the window
@@ -219,6 +229,7 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
             details["tensor_parallel_degree"] = str(group.world)
         packed_wanted = _packed_wanted(config, device)
         state, checkpoint = _weights(files, config, dtype, hf_config, device, packed_wanted)
+        tokenizer = loading.result()
         if checkpoint is not None:
             details["quantized_layers"] = checkpoint.summary()
             log.info("quantized layers kept packed: %s", details["quantized_layers"])
@@ -238,9 +249,9 @@ def load_backend(files: ModelFiles, config: EngineConfig, rank: int = 0) -> Back
             files.wait_arrived()
         kv = _kv_cache(args, config, dtype, device, max_len, group,
                        files.manifest.limits.kv_cache if files.manifest is not None else None)
-        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer.result()), args.vocab_size,
+        info = ServedModel(name, max_len, _eos_ids(files, hf_config, tokenizer), args.vocab_size,
                            {**details, "backend": "torch", "kv_cache_tokens": str(kv.blocks.capacity_tokens)})
-        backend = torch_backend(model, tokenizer.result(), info, kv, config, files.weights[0].parent)
+        backend = torch_backend(model, tokenizer, info, kv, config, files.weights[0].parent)
         if group is not None and rank == 0:
             backend.tp = Leader(group)
         return backend
