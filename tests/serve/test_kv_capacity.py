@@ -44,3 +44,23 @@ def test_measured_budget_uses_the_planners_formula(plan, smollm2_dir):
     served = device_kv_plan(args, config, torch.float32, LIMITS["max_total_len"], memory=CPU.memory_bytes,
                             in_use=plan.weights.bytes_per_device)
     assert served == plan.kv_cache
+
+
+def _resident_bytes() -> int:
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines())
+    return int(fields["VmRSS"].split()[0]) * 1024
+
+
+def test_a_cpu_pool_is_zero_and_takes_memory_only_as_it_is_written():
+    """A CPU start allocates the whole planned pool (20 GiB for the README's artifact here):
+    it must not write every byte up front, yet every slot must read as zero."""
+    from lmi_runtime.backends.paged_cache import PagedKVCache
+    from lmi_runtime.engine.kv_cache import BlockKVCacheManager
+
+    before = _resident_bytes()
+    kv = PagedKVCache(4, 8, 64, BlockKVCacheManager(8192, 16), torch.bfloat16, torch.device("cpu"))  # 1 GiB
+    assert kv.pool.shape == (4, 2, 8192 * 16, 8, 64) and kv.pool.dtype == torch.bfloat16
+    assert kv.pool.nbytes == 2**30
+    assert _resident_bytes() - before < 2**30 // 8
+    kv.pool[3, 1, -5:] = 1.5  # an ordinary tensor: written and read in place
+    assert kv.pool[3, 1, -5:].eq(1.5).all() and kv.pool[0, 0, :4096].eq(0).all() and kv.pool[2].eq(0).all()
