@@ -113,10 +113,11 @@ def watch_triton_compiles() -> list[str]:
 
 
 def start(folder: Path, cache: str, quant: str, bytecode: Path, profile: bool = False) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
-                        "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_SERVE_CACHE": str(bytecode.parent / "serve-cache"),
-                        "LMI_T0": repr(time.time()), "TRITON_PRINT_AUTOTUNING": "1"} | (
-                            {"LMI_PROFILE_START": "1"} if profile else {})
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env = inherited | {"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(), "TRITON_CACHE_DIR": tempfile.mkdtemp(),
+                       "PYTHONPYCACHEPREFIX": str(bytecode), "LMI_SERVE_CACHE": str(bytecode.parent / "serve-cache"),
+                       "LMI_T0": repr(time.time()), "TRITON_PRINT_AUTOTUNING": "1"} | (
+                           {"LMI_PROFILE_START": "1"} if profile else {})
     return subprocess.run([sys.executable, __file__, "--child", str(folder), "--cache", cache, "--quant", quant],
                           env=env, capture_output=True, text=True, timeout=900)
 
