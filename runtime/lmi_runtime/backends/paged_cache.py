@@ -15,8 +15,9 @@ from lmi_runtime.engine.kv_cache import BlockKVCacheManager
 def _zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A zeroed pool. On the CPU through calloc (numpy's zeros), whose large blocks are fresh
     pages the OS zeroes when first touched: `torch.zeros` writes every byte at once. For the
-    19.85 GiB pool the README's int8 artifact plans on a 2-core, 23.5 GiB machine, `load_backend`
-    took 22.7-24.4 s and left 21.1 GiB resident that way, 4.1-4.5 s and 1.2-1.3 GiB this way.
+    19.85 GiB pool the README's int8 artifact plans on a 2-core, 23.5 GiB machine (served with
+    LMI's default max batch of 256 and 4,096 tokens), `load_backend` took 22.7-24.4 s and left
+    21.1 GiB resident that way, 4.1-4.5 s and 1.2-1.3 GiB this way.
     Zeroed, not empty: a padded read masks stale slots out of the softmax, and 0 × NaN would
     not be 0."""
     if device.type != "cpu":
