@@ -35,6 +35,7 @@ log = logging.getLogger("lmi_runtime.kernel_cache")
 INFO = "info.json"
 PARTS = {INFO, "inductor.bin", "triton"}  # what a cache folder holds
 SHIPPED = "kernel_cache"  # an artifact's cache, beside its weights
+REBUILD = "build it again (lmi-serve --kernel-cache DIR --recompile)"  # the hint for a damaged cache
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class KernelCache:
             # a corrupt file: torch logs why and returns None
             if torch.compiler.load_cache_artifacts((self.folder / "inductor.bin").read_bytes()) is None:
                 raise ArtifactError(f"kernel cache {self.folder}: inductor.bin does not load (see the warning above)",
-                                    hint="build it again (lmi-serve --kernel-cache DIR --recompile)")
+                                    hint=REBUILD)
         self.loaded = True
         log.info("kernel cache loaded from %s (%s)", self.folder, saved.describe())
         return True
@@ -131,11 +132,11 @@ def _rebase_groups(triton_dir: Path, source: Path) -> None:
             names = list(children)
         except (ValueError, KeyError, TypeError) as err:
             raise ArtifactError(f"kernel cache {source}: {group.relative_to(triton_dir)} is not Triton's file list "
-                                f"({err!r})", hint="build it again (lmi-serve --kernel-cache DIR --recompile)") from err
+                                f"({err!r})", hint=REBUILD) from err
         for name in names:
             if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
                 raise ArtifactError(f"kernel cache {source}: {group.relative_to(triton_dir)} lists {name!r}, which is "
-                                    "not a file name", hint="build it again (lmi-serve --kernel-cache DIR --recompile)")
+                                    "not a file name", hint=REBUILD)
         group.write_text(json.dumps({"child_paths": {name: str(group.parent / name) for name in names}}))
 
 
