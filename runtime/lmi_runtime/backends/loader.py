@@ -33,6 +33,7 @@ from lmi_runtime.kv_bytes import kv_bytes_per_token
 from lmi_runtime.locate import ModelFiles
 from lmi_runtime.quant import compressed, prepacked
 from lmi_runtime.quant.compressed import Checkpoint
+from lmi_runtime.quant.linear import KERNEL_MAX_TOKENS
 from lmi_runtime.quant.packed import PackedWeight
 from lmi_runtime.quant.rtn import kind_at_load, quantize_layers
 from lmi_runtime.tokenizer import load_tokenizer
@@ -278,6 +279,7 @@ def torch_backend(model: LlamaForCausalLM, tokenizer, info: ServedModel, kv: Pag
         model.compile_layers()
         backend.graphs = DecodeGraphs(backend, config.max_batch_size)
         backend.graphs.capture(backend)
+        backend.warm_prefill(2 * KERNEL_MAX_TOKENS)  # one size past the fused kernel's: cuBLAS's dequantization
         if kernels is not None:
             kernels.finish()
     info.details["cuda_graphs"] = str(backend.graphs is not None).lower()

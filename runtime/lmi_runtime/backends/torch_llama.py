@@ -17,7 +17,9 @@ step copies them on the device, so the host queues step N+1 before it waits for 
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +31,10 @@ from lmi_runtime.engine.request import Sequence
 from lmi_runtime.engine.sampler import Ahead
 from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_per_tile
 
+log = logging.getLogger("lmi_runtime.torch_backend")
+
 PREFILL_CHUNK = 8192
+SCRATCH_SEQ = -1  # the sequence id of prefills that leave no trace (scoring, the warm-up)
 
 
 @dataclass
@@ -84,13 +89,36 @@ class TorchLlamaBackend(Backend):
     def score(self, token_ids: list[int]) -> torch.Tensor:
         """Logits at every position of `token_ids` ([T, vocab], fp32), with no trace left in
         the cache: row i predicts token i + 1."""
-        scratch = -1
-        if not self.kv.blocks.allocate(scratch, len(token_ids)):
+        if not self.kv.blocks.allocate(SCRATCH_SEQ, len(token_ids)):
             raise RuntimeError("no KV-cache room to score this prompt now; retry later")
         try:
-            return torch.cat(self._prefill([(scratch, token_ids)], all_logits=True)).float()
+            return torch.cat(self._prefill([(SCRATCH_SEQ, token_ids)], all_logits=True)).float()
         finally:
-            self.kv.blocks.release(scratch)
+            self.kv.blocks.release(SCRATCH_SEQ)
+
+    def warm_prefill(self, max_tokens: int) -> list[int]:
+        """One throwaway prefill of each power-of-two size from 2 to `max_tokens` (capped by the
+        chunk and the model length; the cache's blocks released after), so that what a prompt's
+        first forward compiles or autotunes (the prefill attention kernel, the quantized
+        matmul's tiles per token-count bucket, the dequantization before cuBLAS) is done at
+        start, where the kernel cache saves it. Returns the sizes run."""
+        started = time.perf_counter()
+        ran = []
+        size = 2
+        while size <= min(max_tokens, self.prefill_tokens, self.info.max_model_len):
+            if not self.kv.blocks.allocate(SCRATCH_SEQ, size):
+                break  # a cache this small serves short prompts only
+            try:
+                self._prefill([(SCRATCH_SEQ, [0] * size)], all_logits=False)
+            finally:
+                self.kv.blocks.release(SCRATCH_SEQ)
+            ran.append(size)
+            size *= 2
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        log.info("prefill warmed at %s tokens in %.1f s", ", ".join(map(str, ran)) or "no sizes (no room)",
+                 time.perf_counter() - started)
+        return ran
 
     def _prefill(self, prompts: list[tuple[int, list[int]]], all_logits: bool) -> list[torch.Tensor]:
         """Pack prompts into forwards of at most `prefill_tokens` tokens, splitting a prompt
