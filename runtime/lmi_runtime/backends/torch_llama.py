@@ -34,7 +34,7 @@ from lmi_runtime.kernels.paged_attention import AttnBatch, plan_tiles, tokens_pe
 log = logging.getLogger("lmi_runtime.torch_backend")
 
 PREFILL_CHUNK = 8192
-SCRATCH_SEQ = -1  # the sequence id of prefills that leave no trace (scoring, the warm-up)
+SCRATCH_SEQ = -1  # the sequence id of `_scratch_prefill` (scoring, the warm-up)
 
 
 @dataclass
@@ -89,10 +89,18 @@ class TorchLlamaBackend(Backend):
     def score(self, token_ids: list[int]) -> torch.Tensor:
         """Logits at every position of `token_ids` ([T, vocab], fp32), with no trace left in
         the cache: row i predicts token i + 1."""
-        if not self.kv.blocks.allocate(SCRATCH_SEQ, len(token_ids)):
+        rows = self._scratch_prefill(token_ids, all_logits=True)
+        if rows is None:
             raise RuntimeError("no KV-cache room to score this prompt now; retry later")
+        return torch.cat(rows).float()
+
+    def _scratch_prefill(self, token_ids: list[int], all_logits: bool) -> list[torch.Tensor] | None:
+        """`_prefill` of one prompt in blocks held only for it (released after); None when the
+        cache has no room for it now."""
+        if not self.kv.blocks.allocate(SCRATCH_SEQ, len(token_ids)):
+            return None
         try:
-            return torch.cat(self._prefill([(SCRATCH_SEQ, token_ids)], all_logits=True)).float()
+            return self._prefill([(SCRATCH_SEQ, token_ids)], all_logits)
         finally:
             self.kv.blocks.release(SCRATCH_SEQ)
 
@@ -106,12 +114,8 @@ class TorchLlamaBackend(Backend):
         ran = []
         size = 2
         while size <= min(max_tokens, self.prefill_tokens, self.info.max_model_len):
-            if not self.kv.blocks.allocate(SCRATCH_SEQ, size):
+            if self._scratch_prefill([0] * size, all_logits=False) is None:
                 break  # a cache this small serves short prompts only
-            try:
-                self._prefill([(SCRATCH_SEQ, [0] * size)], all_logits=False)
-            finally:
-                self.kv.blocks.release(SCRATCH_SEQ)
             ran.append(size)
             size *= 2
         if self.device.type == "cuda":
