@@ -232,6 +232,8 @@ if triton is not None:
             page = tl.load(block_tables + seq * stride_bt + n // PAGE, mask=n_ok, other=0)
             slot = (page * PAGE + n % PAGE).to(tl.int64)
             k = tl.load(K + slot[:, None] * stride_kn + kv_head * stride_kh + d[None, :], mask=n_ok[:, None], other=0.0)
+            # asked for with the keys, not after the softmax: one memory round trip a tile, not two
+            v = tl.load(V + slot[:, None] * stride_kn + kv_head * stride_kh + d[None, :], mask=n_ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             s = tl.where((n[None, :] <= pos[:, None]) & n_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -239,7 +241,6 @@ if triton is not None:
             alpha = tl.exp(m_i - m_safe)
             p = tl.exp(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(V + slot[:, None] * stride_kn + kv_head * stride_kh + d[None, :], mask=n_ok[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
             start += BLOCK_N
