@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from lmi_compile.recipe import Recipe
 from lmi_runtime.config import ServingConfig, warn_unknown
+from lmi_runtime.config.text import read_utf8
 from lmi_runtime.errors import ConfigError
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
@@ -35,17 +36,10 @@ MAX_YAML_VALUES = 10_000  # values after alias expansion: a recipe has a few doz
 def read_recipe_file(path: Path) -> dict[str, Any]:
     """The YAML mapping in `path`, with a clear error for a missing, unreadable, non-UTF-8,
     oversized or non-mapping file."""
-    try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise ConfigError(f"recipe {path} is {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}",
-                              hint="pass a recipe YAML file (see recipes/)")
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read recipe {path}: {err.strerror or err}",
-                          hint="pass the path of a recipe YAML file (see recipes/)") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"recipe {path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})",
-                          hint="save the recipe as UTF-8 YAML") from None
+    if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"recipe {path} is {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}",
+                          hint="pass a recipe YAML file (see recipes/)")
+    text = read_utf8(path, f"recipe {path}", "a recipe YAML file (see recipes/)")
     data = load_yaml(text, f"recipe {path}")
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (source, quantize, target, ...)",

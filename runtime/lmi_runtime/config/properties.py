@@ -8,6 +8,7 @@ from pathlib import Path
 from lmi_runtime.config.schema import IGNORED_TOP_LEVEL, KNOWN_OPTIONS, TOP_LEVEL_KEYS
 from lmi_runtime.config.settings import Setting
 from lmi_runtime.config.suggest import warn_unknown
+from lmi_runtime.config.text import read_utf8
 from lmi_runtime.errors import ConfigError
 
 
@@ -17,14 +18,7 @@ def read_properties(path: Path) -> dict[str, Setting]:
     path = Path(path)
     if path.is_dir():
         path = path / "serving.properties"
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read {path}: {err.strerror or err}",
-                          hint="pass the path of a serving.properties file (or the folder holding one)") from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})",
-                          hint="save serving.properties as UTF-8 (or ASCII) text") from None
+    text = read_utf8(path, str(path), "a serving.properties file (or the folder holding one)")
     settings: dict[str, Setting] = {}
     for number, line in _logical_lines(text):
         key, value = _split(line, path, number)
